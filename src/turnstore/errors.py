@@ -1,0 +1,178 @@
+"""The typed errors of turnstore.
+
+Every error a backend raises for a reason the caller can act on is one of these classes,
+on PostgreSQL and on the in-memory fake alike. Each carries a stable ``code`` (useful
+for HTTP mapping) and the ids involved. Driver errors are always chained (``from exc``).
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+__all__ = [
+    "DuplicateRequestError",
+    "DuplicateTurnIdError",
+    "ForbiddenError",
+    "GenerationInProgressError",
+    "InvalidParameterError",
+    "InvalidTurnStateError",
+    "MigrationError",
+    "NotLatestTurnError",
+    "ScopeDeniedError",
+    "SchemaMismatchError",
+    "StoreUnavailableError",
+    "TurnNotFoundError",
+    "TurnStoreError",
+]
+
+
+class TurnStoreError(Exception):
+    """Base class of every error turnstore raises on purpose."""
+
+    code: str = "turnstore_error"
+
+
+class InvalidParameterError(TurnStoreError, ValueError):
+    """A scalar argument (a timeout, a limit) is out of its documented range.
+
+    Parameter *models* raise ``pydantic.ValidationError`` on construction instead; both
+    are ``ValueError`` and both are raised before anything is written.
+    """
+
+    code = "invalid_parameter"
+
+
+class ScopeDeniedError(TurnStoreError):
+    """``create_turn`` was called with a scope that the new row would not satisfy.
+
+    Nothing is written.
+    """
+
+    code = "scope_denied"
+
+    def __init__(self, turn_id: UUID, tenant_id: UUID) -> None:
+        self.turn_id = turn_id
+        self.tenant_id = tenant_id
+        super().__init__(
+            f"access scope does not permit creating turn {turn_id} for tenant {tenant_id}"
+        )
+
+
+class DuplicateRequestError(TurnStoreError):
+    """A turn with this ``(chat_id, request_id)`` already exists (deleted turns included).
+
+    This is the ``request_id_conflict`` outcome of spec section 6.
+    """
+
+    code = "request_id_conflict"
+
+    def __init__(self, chat_id: UUID, request_id: UUID, existing_turn_id: UUID | None = None):
+        self.chat_id = chat_id
+        self.request_id = request_id
+        self.existing_turn_id = existing_turn_id
+        suffix = f" (turn {existing_turn_id})" if existing_turn_id is not None else ""
+        super().__init__(f"chat {chat_id} already has a turn for request {request_id}{suffix}")
+
+
+class DuplicateTurnIdError(TurnStoreError):
+    """A turn with this primary key already exists (ids are caller-provided)."""
+
+    code = "turn_id_conflict"
+
+    def __init__(self, turn_id: UUID) -> None:
+        self.turn_id = turn_id
+        super().__init__(f"a turn with id {turn_id} already exists")
+
+
+class GenerationInProgressError(TurnStoreError):
+    """The chat already has a running, non-deleted turn.
+
+    ``running_turn_id`` is the id of that turn when it is known (it is not known when the
+    running turn lies outside the caller's scope or was replaced in between).
+    """
+
+    code = "generation_in_progress"
+
+    def __init__(self, chat_id: UUID, running_turn_id: UUID | None = None) -> None:
+        self.chat_id = chat_id
+        self.running_turn_id = running_turn_id
+        suffix = f": turn {running_turn_id}" if running_turn_id is not None else ""
+        super().__init__(f"chat {chat_id} already has a running turn{suffix}")
+
+
+class TurnNotFoundError(TurnStoreError):
+    """No turn matches, or the matching turn lies outside the caller's scope.
+
+    The two cases are indistinguishable on purpose.
+    """
+
+    code = "turn_not_found"
+
+    def __init__(
+        self,
+        turn_id: UUID | None = None,
+        *,
+        chat_id: UUID | None = None,
+        request_id: UUID | None = None,
+    ) -> None:
+        self.turn_id = turn_id
+        self.chat_id = chat_id
+        self.request_id = request_id
+        if turn_id is not None:
+            what = f"turn {turn_id}"
+        else:
+            what = f"turn for request {request_id} in chat {chat_id}"
+        super().__init__(f"{what} not found")
+
+
+class ForbiddenError(TurnStoreError):
+    """The actor is not the user who requested the turn (spec section 7)."""
+
+    code = "forbidden"
+
+    def __init__(self, turn_id: UUID, actor_user_id: UUID | None) -> None:
+        self.turn_id = turn_id
+        self.actor_user_id = actor_user_id
+        super().__init__(f"user {actor_user_id} may not mutate turn {turn_id}")
+
+
+class InvalidTurnStateError(TurnStoreError):
+    """The turn is in a state that does not allow the operation (e.g. still running)."""
+
+    code = "invalid_turn_state"
+
+    def __init__(self, turn_id: UUID, state: str) -> None:
+        self.turn_id = turn_id
+        self.state = state
+        super().__init__(f"turn {turn_id} is {state}; the operation is not allowed")
+
+
+class NotLatestTurnError(TurnStoreError):
+    """Only the latest turn of a chat may be retried, edited or deleted."""
+
+    code = "not_latest_turn"
+
+    def __init__(self, turn_id: UUID, latest_turn_id: UUID | None) -> None:
+        self.turn_id = turn_id
+        self.latest_turn_id = latest_turn_id
+        super().__init__(
+            f"turn {turn_id} is not the latest turn of its chat (latest: {latest_turn_id})"
+        )
+
+
+class StoreUnavailableError(TurnStoreError):
+    """The database could not be reached, or the connection was lost mid-call."""
+
+    code = "store_unavailable"
+
+
+class MigrationError(TurnStoreError):
+    """A migration could not be applied, or an applied migration file has changed."""
+
+    code = "migration_error"
+
+
+class SchemaMismatchError(TurnStoreError):
+    """The database schema is not at the version this turnstore expects."""
+
+    code = "schema_mismatch"

@@ -1,0 +1,155 @@
+"""The rules of a turn as pure functions (spec sections 2, 6 and 7).
+
+These are the single source of truth: the in-memory fake calls them to decide, the SQL of
+the PostgreSQL backend mirrors them predicate for predicate, and property tests exercise
+them directly. Nothing here does I/O or reads a clock: time is always an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from enum import Enum
+from uuid import UUID
+
+from turnstore.errors import (
+    ForbiddenError,
+    InvalidTurnStateError,
+    NotLatestTurnError,
+    TurnNotFoundError,
+    TurnStoreError,
+)
+from turnstore.model import Turn, TurnState
+
+__all__ = [
+    "ORPHAN_ERROR_CODE",
+    "StartDecision",
+    "can_transition",
+    "decide_start",
+    "is_orphan",
+    "latest_sort_key",
+    "mutation_rejection",
+    "orphan_cutoff",
+    "orphan_sort_key",
+    "pick_latest",
+    "preflight_update_applies",
+    "progress_update_applies",
+    "terminal_cas_applies",
+    "tool_increment_applies",
+]
+
+#: The ``error_code`` the watchdog writes when it fails an orphaned turn.
+ORPHAN_ERROR_CODE = "orphan_timeout"
+
+
+def can_transition(current: TurnState, target: TurnState) -> bool:
+    """Only ``running -> completed | failed | cancelled``; nothing leaves a terminal state."""
+    return current is TurnState.RUNNING and target.is_terminal
+
+
+def terminal_cas_applies(turn: Turn) -> bool:
+    """Does a finalizing CAS (``cas_update_state`` / ``cas_update_completed``) hit this row?
+
+    The predicate is ``state = 'running'`` (and the caller's scope, checked separately).
+    """
+    return turn.state is TurnState.RUNNING
+
+
+def progress_update_applies(turn: Turn) -> bool:
+    """``update_progress_at`` touches a turn only while it runs."""
+    return turn.state is TurnState.RUNNING
+
+
+def preflight_update_applies(turn: Turn) -> bool:
+    """``update_preflight_fields`` writes a turn only while it runs."""
+    return turn.state is TurnState.RUNNING
+
+
+def tool_increment_applies(turn: Turn) -> bool:
+    """``increment_tool_calls`` counts only on a running, non-deleted turn."""
+    return turn.state is TurnState.RUNNING and turn.deleted_at is None
+
+
+def orphan_cutoff(now: datetime, timeout_secs: int) -> datetime:
+    """Progress at or before this instant is stale."""
+    return now - timedelta(seconds=timeout_secs)
+
+
+def is_orphan(turn: Turn, now: datetime, timeout_secs: int) -> bool:
+    """Running, not deleted, and no progress for at least ``timeout_secs`` at ``now``.
+
+    This is both the scan predicate and the re-check inside ``cas_finalize_orphan``.
+    """
+    return (
+        turn.state is TurnState.RUNNING
+        and turn.deleted_at is None
+        and turn.last_progress_at is not None
+        and turn.last_progress_at <= orphan_cutoff(now, timeout_secs)
+    )
+
+
+def orphan_sort_key(turn: Turn) -> tuple[datetime, UUID]:
+    """Orphan candidates come oldest progress first, ties broken by id."""
+    assert turn.last_progress_at is not None
+    return (turn.last_progress_at, turn.id)
+
+
+def latest_sort_key(turn: Turn) -> tuple[datetime, UUID]:
+    """The latest turn of a chat has the greatest ``(started_at, id)``."""
+    return (turn.started_at, turn.id)
+
+
+def pick_latest(turns: Iterable[Turn]) -> Turn | None:
+    """The latest non-deleted turn among ``turns`` (all of one chat), or ``None``."""
+    live = [t for t in turns if t.deleted_at is None]
+    return max(live, key=latest_sort_key, default=None)
+
+
+class StartDecision(str, Enum):
+    """What a new request for a turn gets (spec section 6)."""
+
+    START = "start"
+    REPLAY = "replay"
+    REQUEST_ID_CONFLICT = "request_id_conflict"
+    GENERATION_IN_PROGRESS = "generation_in_progress"
+
+
+def decide_start(existing: Turn | None, running: Turn | None) -> StartDecision:
+    """Decide a start from the turn already holding ``(chat_id, request_id)``, if any, and
+    the chat's running turn, if any.
+
+    The order is normative: the idempotency key is looked at first, so a reconnecting
+    client replays its completed answer even while another turn of the chat runs.
+    """
+    if existing is not None:
+        if existing.state is TurnState.COMPLETED and existing.deleted_at is None:
+            return StartDecision.REPLAY
+        return StartDecision.REQUEST_ID_CONFLICT
+    if running is not None:
+        return StartDecision.GENERATION_IN_PROGRESS
+    return StartDecision.START
+
+
+def mutation_rejection(
+    target: Turn | None,
+    latest: Turn | None,
+    actor_user_id: UUID | None,
+    *,
+    chat_id: UUID,
+    request_id: UUID,
+) -> TurnStoreError | None:
+    """Why retry/edit/delete of ``target`` must be refused, or ``None`` if it may go on.
+
+    Checks in the order of spec section 7: missing, not the actor's, still running, not the
+    latest turn of the chat. ``latest`` must have been read under the chat's lock.
+    A deleted target counts as missing: it is no longer part of the conversation.
+    """
+    if target is None or target.deleted_at is not None:
+        return TurnNotFoundError(chat_id=chat_id, request_id=request_id)
+    if target.requester_user_id is None or target.requester_user_id != actor_user_id:
+        return ForbiddenError(target.id, actor_user_id)
+    if target.state is TurnState.RUNNING:
+        return InvalidTurnStateError(target.id, target.state.value)
+    if latest is None or latest.id != target.id:
+        return NotLatestTurnError(target.id, latest.id if latest is not None else None)
+    return None

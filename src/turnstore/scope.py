@@ -1,0 +1,151 @@
+"""Access scopes: which turns a caller may read or change (spec section 4).
+
+An ``AccessScope`` is an OR of ``ScopeConstraint``; a constraint is an AND of
+``ScopeFilter``; a filter is ``property = value`` or ``property IN (values)``. The known
+properties are ``owner_tenant_id`` (column ``tenant_id``) and ``id`` (column ``id``). A
+constraint that names any other property matches nothing (fails closed). The default
+scope, ``AccessScope()``, is deny-all.
+
+``permits`` is the pure reference semantics; the PostgreSQL backend compiles the same
+structure to a WHERE clause with bound parameters, and the in-memory fake calls ``permits``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+from typing import Protocol
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "PROPERTY_COLUMNS",
+    "AccessScope",
+    "FilterOp",
+    "ScopeConstraint",
+    "ScopeFilter",
+    "ScopedRow",
+]
+
+#: The scope properties turnstore knows, and the ``chat_turns`` column each one reads.
+PROPERTY_COLUMNS: dict[str, str] = {"owner_tenant_id": "tenant_id", "id": "id"}
+
+
+class ScopedRow(Protocol):
+    """What a scope reads of a row: a ``Turn``, or the ``CreateTurnParams`` of a new one."""
+
+    @property
+    def id(self) -> UUID: ...
+
+    @property
+    def tenant_id(self) -> UUID: ...
+
+
+class FilterOp(str, Enum):
+    EQ = "eq"
+    IN = "in"
+
+
+class ScopeFilter(BaseModel):
+    """``name = value`` (``op=eq``, one value) or ``name IN (values)``, where ``name`` is a
+    scope property such as ``owner_tenant_id``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    op: FilterOp
+    values: tuple[UUID, ...]
+
+    @classmethod
+    def eq(cls, property: str, value: UUID) -> ScopeFilter:
+        return cls(name=property, op=FilterOp.EQ, values=(value,))
+
+    @classmethod
+    def in_(cls, property: str, values: Iterable[UUID]) -> ScopeFilter:
+        return cls(name=property, op=FilterOp.IN, values=tuple(values))
+
+    @property
+    def column(self) -> str | None:
+        """The column this filter reads, or ``None`` for an unknown property."""
+        return PROPERTY_COLUMNS.get(self.name)
+
+    def matches(self, turn: ScopedRow) -> bool:
+        column = self.column
+        if column is None:
+            return False
+        value: UUID = getattr(turn, column)
+        return value in self.values
+
+
+class ScopeConstraint(BaseModel):
+    """An AND of filters. It must name at least one filter: an empty AND would match
+    everything, which is what ``AccessScope.allow_all()`` is for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    filters: tuple[ScopeFilter, ...] = Field(min_length=1)
+
+    def __init__(self, filters: Iterable[ScopeFilter], /) -> None:
+        super().__init__(filters=tuple(filters))
+
+    @property
+    def is_satisfiable(self) -> bool:
+        """False when a filter names an unknown property or an empty ``IN``."""
+        return all(f.column is not None and f.values for f in self.filters)
+
+    def matches(self, turn: ScopedRow) -> bool:
+        return all(f.matches(turn) for f in self.filters)
+
+
+class AccessScope(BaseModel):
+    """An OR of constraints, or unrestricted. ``AccessScope()`` permits nothing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    constraints: tuple[ScopeConstraint, ...] = ()
+    unrestricted: bool = False
+
+    @classmethod
+    def allow_all(cls) -> AccessScope:
+        """No filtering at all: for trusted system code only."""
+        return cls(unrestricted=True)
+
+    @classmethod
+    def deny_all(cls) -> AccessScope:
+        return cls()
+
+    @classmethod
+    def for_tenant(cls, tenant_id: UUID) -> AccessScope:
+        return cls.from_constraints(
+            [ScopeConstraint([ScopeFilter.eq("owner_tenant_id", tenant_id)])]
+        )
+
+    @classmethod
+    def for_tenants(cls, tenant_ids: Iterable[UUID]) -> AccessScope:
+        return cls.from_constraints(
+            [ScopeConstraint([ScopeFilter.in_("owner_tenant_id", tenant_ids)])]
+        )
+
+    @classmethod
+    def for_resource(cls, turn_id: UUID) -> AccessScope:
+        return cls.from_constraints([ScopeConstraint([ScopeFilter.eq("id", turn_id)])])
+
+    @classmethod
+    def for_resources(cls, turn_ids: Iterable[UUID]) -> AccessScope:
+        return cls.from_constraints([ScopeConstraint([ScopeFilter.in_("id", turn_ids)])])
+
+    @classmethod
+    def from_constraints(cls, constraints: Iterable[ScopeConstraint]) -> AccessScope:
+        return cls(constraints=tuple(constraints))
+
+    @property
+    def is_deny_all(self) -> bool:
+        """True when no row can match (no satisfiable constraint and not unrestricted)."""
+        return not self.unrestricted and not any(c.is_satisfiable for c in self.constraints)
+
+    def permits(self, turn: ScopedRow) -> bool:
+        """The reference semantics of the scope: may the caller see or change ``turn``?"""
+        if self.unrestricted:
+            return True
+        return any(c.matches(turn) for c in self.constraints)
