@@ -12,7 +12,14 @@ from enum import Enum
 from typing import Annotated
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 __all__ = [
     "INT4_MAX",
@@ -84,9 +91,16 @@ def _storable_text(value: str) -> str:
     return value
 
 
+def _not_bool(value: object) -> object:
+    """``True`` is an ``int`` to Python, but never a token count or a version to a caller."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, got a bool")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_storable_text)]
-NonNegInt4 = Annotated[int, Field(ge=0, le=INT4_MAX)]
-NonNegInt8 = Annotated[int, Field(ge=0, le=INT8_MAX)]
+NonNegInt4 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=INT4_MAX)]
+NonNegInt8 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=INT8_MAX)]
 ErrorCode = Annotated[Text, Field(min_length=1, max_length=64)]
 ProviderName = Annotated[Text, Field(min_length=1, max_length=128)]
 ProviderResponseId = Annotated[Text, Field(min_length=1, max_length=128)]
