@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Protocol
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "PROPERTY_COLUMNS",
@@ -56,6 +56,12 @@ class ScopeFilter(BaseModel):
     name: str = Field(min_length=1)
     op: FilterOp
     values: tuple[UUID, ...]
+
+    @model_validator(mode="after")
+    def _eq_has_one_value(self) -> ScopeFilter:
+        if self.op is FilterOp.EQ and len(self.values) != 1:
+            raise ValueError(f"an 'eq' filter takes exactly one value, got {len(self.values)}")
+        return self
 
     @classmethod
     def eq(cls, property: str, value: UUID) -> ScopeFilter:
