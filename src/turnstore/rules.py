@@ -34,6 +34,7 @@ __all__ = [
     "pick_latest",
     "preflight_update_applies",
     "progress_update_applies",
+    "replaced_turn_rejection",
     "terminal_cas_applies",
     "tool_increment_applies",
 ]
@@ -153,3 +154,21 @@ def mutation_rejection(
     if latest is None or latest.id != target.id:
         return NotLatestTurnError(target.id, latest.id if latest is not None else None)
     return None
+
+
+def replaced_turn_rejection(
+    target: Turn | None, latest: Turn | None, actor_user_id: UUID | None
+) -> TurnStoreError | None:
+    """Why a target that a retry or edit already replaced must be refused, else ``None``.
+
+    Such a target is deleted but not gone: the turn that replaced it is now the latest, so
+    a second mutation aimed at it (typically the loser of two concurrent retries) is a
+    conflict, ``not_latest_turn``, rather than ``turn_not_found``. The actor check still
+    comes first, as in ``mutation_rejection``. Any other target returns ``None`` and is
+    left to ``mutation_rejection``.
+    """
+    if target is None or target.deleted_at is None or target.replaced_by_request_id is None:
+        return None
+    if target.requester_user_id is None or target.requester_user_id != actor_user_id:
+        return ForbiddenError(target.id, actor_user_id)
+    return NotLatestTurnError(target.id, latest.id if latest is not None else None)
