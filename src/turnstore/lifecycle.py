@@ -1,0 +1,639 @@
+"""The rules around a turn (spec sections 6 to 8): start or replay, keep-alive, finalize,
+and retry, edit or delete of the last turn.
+
+``TurnLifecycle`` is written against the ``TurnStore`` protocol only, so the same code runs on
+PostgreSQL and on the in-memory fake. Every operation either opens what it needs from the
+store or runs on a runner the host passes (``runner=...``), so the host can put its own
+writes (messages, quota, outbox) in the same transaction as the turn transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass
+from enum import Enum
+from types import TracebackType
+from typing import Generic
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from turnstore.errors import (
+    DuplicateRequestError,
+    DuplicateTurnIdError,
+    GenerationInProgressError,
+)
+from turnstore.model import (
+    CasCompleteParams,
+    CasTerminalParams,
+    CreateTurnParams,
+    RequesterType,
+    Turn,
+    TurnState,
+)
+from turnstore.repository import RunnerT, TurnRepository, TurnStore
+from turnstore.rules import (
+    StartDecision,
+    decide_start,
+    mutation_rejection,
+    replaced_turn_rejection,
+)
+from turnstore.scope import AccessScope
+from turnstore.watchdog import DEFAULT_ORPHAN_TIMEOUT_SECS, OrphanTimeoutSecs
+
+__all__ = [
+    "FinalizeHook",
+    "FinalizeOutcome",
+    "KeepAlive",
+    "KeepAliveSettings",
+    "MutationHook",
+    "MutationKind",
+    "MutationResult",
+    "RejectReason",
+    "StartKind",
+    "StartOutcome",
+    "TurnLifecycle",
+    "new_uuid7",
+]
+
+logger = logging.getLogger("turnstore.lifecycle")
+
+#: How many times ``begin_turn`` re-inserts when the running turn that refused its insert
+#: has already ended by the time it is looked up.
+_START_ATTEMPTS = 3
+
+
+def new_uuid7() -> UUID:
+    """A time-ordered UUID (RFC 9562 version 7): new ids land at the right edge of indexes."""
+    value = (time.time_ns() // 1_000_000) << 80
+    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    return uuid.UUID(int=value)
+
+
+# --------------------------------------------------------------------------- start
+
+
+class StartKind(str, Enum):
+    """What ``begin_turn`` did."""
+
+    STARTED = "started"
+    REPLAY = "replay"
+    REJECTED = "rejected"
+
+
+class RejectReason(str, Enum):
+    """Why ``begin_turn`` refused to start a turn."""
+
+    REQUEST_ID_CONFLICT = "request_id_conflict"
+    GENERATION_IN_PROGRESS = "generation_in_progress"
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """The outcome of ``begin_turn``.
+
+    - ``started``: ``turn`` is the new running turn.
+    - ``replay``: ``turn`` is the completed turn of this request; nothing was written.
+    - ``rejected``: ``reason`` says why; ``turn`` is the turn in the way when the caller's
+      scope can see it (the turn holding the request id, or the running turn), and
+      ``running_turn_id`` names the running turn for ``generation_in_progress`` when known.
+    """
+
+    kind: StartKind
+    turn: Turn | None = None
+    reason: RejectReason | None = None
+    running_turn_id: UUID | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.kind is StartKind.STARTED
+
+    @property
+    def replayed(self) -> bool:
+        return self.kind is StartKind.REPLAY
+
+    @property
+    def rejected(self) -> bool:
+        return self.kind is StartKind.REJECTED
+
+
+def _outcome_of(decision: StartDecision, existing: Turn) -> StartOutcome:
+    """The outcome for a request whose idempotency key is already taken by ``existing``."""
+    if decision is StartDecision.REPLAY:
+        return StartOutcome(StartKind.REPLAY, turn=existing)
+    return StartOutcome(StartKind.REJECTED, turn=existing, reason=RejectReason.REQUEST_ID_CONFLICT)
+
+
+def _generation_in_progress(running: Turn | None, running_turn_id: UUID | None) -> StartOutcome:
+    return StartOutcome(
+        StartKind.REJECTED,
+        turn=running,
+        reason=RejectReason.GENERATION_IN_PROGRESS,
+        running_turn_id=running.id if running is not None else running_turn_id,
+    )
+
+
+# --------------------------------------------------------------------------- finalize
+
+#: A host hook run inside the finalizing transaction, only by the caller that won the CAS;
+#: it receives the runner and the turn as the transition left it. Raising rolls back.
+FinalizeHook = Callable[[RunnerT, Turn], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FinalizeOutcome:
+    """Whether this caller won the finalizing CAS.
+
+    ``turn`` is the finalized row, read in the same transaction, when a hook was given and
+    the CAS was won (the hook receives the same row); otherwise ``None``, which saves a
+    round trip on the common path.
+    """
+
+    turn_id: UUID
+    state: TurnState
+    won: bool
+    turn: Turn | None = None
+
+
+# --------------------------------------------------------------------------- mutations
+
+
+class MutationKind(str, Enum):
+    RETRY = "retry"
+    EDIT = "edit"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class MutationResult:
+    """A successful retry, edit or delete of a chat's last turn.
+
+    ``target`` is the turn as it was before being soft-deleted. For retry and edit,
+    ``new_turn`` is the new running turn and ``new_request_id`` its server-generated
+    request id (also written to the target's ``replaced_by_request_id``).
+    """
+
+    kind: MutationKind
+    target: Turn
+    new_turn: Turn | None = None
+    new_request_id: UUID | None = None
+
+
+#: A host hook run inside the mutation's transaction after the turn writes.
+MutationHook = Callable[[RunnerT, MutationResult], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- keep-alive
+
+
+class KeepAliveSettings(BaseModel):
+    """How often a stream refreshes ``last_progress_at``.
+
+    ``interval_secs`` must be at most a third of ``orphan_timeout_secs`` (the watchdog's
+    timeout), so that two writes in a row can be late or lost before the watchdog takes a
+    live stream for an orphan. With ``heartbeat`` (the default) a background task writes
+    every interval even when no chunk arrives, so a model that thinks silently for minutes
+    is not failed; liveness then means "the process serving the stream is alive", and a
+    stalled provider must be caught by the host's own timeout. Without it, only ``touch()``
+    writes, and a stream that stops producing chunks becomes an orphan.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    interval_secs: float = Field(default=30.0, gt=0)
+    orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
+    heartbeat: bool = True
+
+    @model_validator(mode="after")
+    def _comfortably_below_timeout(self) -> KeepAliveSettings:
+        if self.interval_secs * 3 > self.orphan_timeout_secs:
+            raise ValueError(
+                f"keep-alive interval ({self.interval_secs} s) must be at most a third of "
+                f"the orphan timeout ({self.orphan_timeout_secs} s)"
+            )
+        return self
+
+
+class KeepAlive(Generic[RunnerT]):
+    """Keeps one running turn's ``last_progress_at`` fresh while its stream runs.
+
+    Use as ``async with lifecycle.keep_alive(scope, turn.id) as ka:`` and ``await
+    ka.touch()`` per chunk. Writes are coalesced: at most one ``update_progress_at`` per
+    interval, however many chunks arrive or tasks touch at once. Each write commits on its
+    own (the watchdog must see it at once), outside any host transaction. On exit the
+    background task is cancelled and awaited; an exception from the body propagates.
+    """
+
+    def __init__(
+        self,
+        store: TurnStore[RunnerT],
+        scope: AccessScope,
+        turn_id: UUID,
+        settings: KeepAliveSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._scope = scope
+        self._turn_id = turn_id
+        self._settings = settings
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._last_write: float | None = None
+        self._running = True
+        self._writes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def turn_id(self) -> UUID:
+        return self._turn_id
+
+    @property
+    def running(self) -> bool:
+        """False once a write found the turn no longer running (finalized elsewhere)."""
+        return self._running
+
+    @property
+    def writes(self) -> int:
+        """How many ``update_progress_at`` calls this keep-alive has made."""
+        return self._writes
+
+    async def __aenter__(self) -> KeepAlive[RunnerT]:
+        if self._settings.heartbeat:
+            self._task = asyncio.create_task(
+                self._heartbeat(), name=f"turnstore-keep-alive-{self._turn_id}"
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Stop the background refresh and wait for it; idempotent."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        # ``wait`` rather than ``await task``: a cancellation of the caller still propagates.
+        await asyncio.wait([task])
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+    async def touch(self) -> bool:
+        """Record progress; write it if the last write is an interval old.
+
+        Returns whether the turn is still running as far as the last write knows; a
+        ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
+        user, or failed by the watchdog). A write error propagates to the caller.
+        """
+        if self._running and self._due():
+            await self._write()
+        return self._running
+
+    def _due(self) -> bool:
+        last = self._last_write
+        return last is None or self._clock() - last >= self._settings.interval_secs
+
+    async def _write(self) -> None:
+        async with self._lock:
+            # Another touch may have written while this one waited for the lock.
+            if not self._running or not self._due():
+                return
+            previous, self._last_write = self._last_write, self._clock()
+            try:
+                async with self._store.connection() as runner:
+                    rows = await self._store.turns.update_progress_at(
+                        runner, self._scope, self._turn_id
+                    )
+            except BaseException:
+                self._last_write = previous
+                raise
+            self._writes += 1
+            if rows == 0:
+                self._running = False
+
+    async def _heartbeat(self) -> None:
+        interval = self._settings.interval_secs
+        while self._running:
+            last = self._last_write
+            delay = interval if last is None else last + interval - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await self._write()
+            except Exception:
+                logger.warning(
+                    "keep-alive write for turn %s failed; retrying in %s s",
+                    self._turn_id,
+                    interval,
+                    exc_info=True,
+                )
+                await asyncio.sleep(interval)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+class TurnLifecycle(Generic[RunnerT]):
+    """The lifecycle rules of spec sections 6 to 8 over one ``TurnStore``.
+
+    Every method takes an optional ``runner``: when given, the work runs on it (inside the
+    host's transaction, if the host opened one) and the host commits or rolls back; when
+    omitted, the method opens what it needs from the store (a transaction where several
+    statements must be atomic, an autocommit connection where one statement is enough).
+    """
+
+    def __init__(
+        self, store: TurnStore[RunnerT], *, keep_alive: KeepAliveSettings | None = None
+    ) -> None:
+        self._store = store
+        self._keep_alive = keep_alive if keep_alive is not None else KeepAliveSettings()
+
+    @property
+    def store(self) -> TurnStore[RunnerT]:
+        return self._store
+
+    @property
+    def turns(self) -> TurnRepository[RunnerT]:
+        return self._store.turns
+
+    @property
+    def keep_alive_settings(self) -> KeepAliveSettings:
+        return self._keep_alive
+
+    def _on(self, runner: RunnerT | None, *, atomic: bool) -> AbstractAsyncContextManager[RunnerT]:
+        if runner is not None:
+            return nullcontext(runner)
+        return self._store.transaction() if atomic else self._store.connection()
+
+    # ---- start
+
+    async def begin_turn(
+        self, scope: AccessScope, params: CreateTurnParams, *, runner: RunnerT | None = None
+    ) -> StartOutcome:
+        """Start a turn, replay a completed one, or say why not (spec section 6).
+
+        The insert is tried first: it succeeds exactly when step 1 (the request id is new)
+        and step 2 (no running turn in the chat) both hold, because the two unique indexes
+        enforce them, so the common path is one statement. When the insert is refused, the
+        steps are applied in the spec's order on fresh reads: a taken request id decides
+        first (replay or ``request_id_conflict``), even while another turn runs; only then
+        ``generation_in_progress``.
+        """
+        async with self._on(runner, atomic=False) as run:
+            refused: GenerationInProgressError | None = None
+            for _ in range(_START_ATTEMPTS):
+                try:
+                    turn = await self.turns.create_turn(run, scope, params)
+                except (
+                    DuplicateRequestError,
+                    GenerationInProgressError,
+                    DuplicateTurnIdError,
+                ) as exc:
+                    existing = await self.turns.find_by_chat_and_request_id(
+                        run, scope, params.chat_id, params.request_id
+                    )
+                    if existing is not None:
+                        return _outcome_of(decide_start(existing, None), existing)
+                    if isinstance(exc, DuplicateTurnIdError):
+                        raise
+                    if isinstance(exc, DuplicateRequestError):
+                        # The key is taken by a turn outside the caller's scope.
+                        return StartOutcome(
+                            StartKind.REJECTED, reason=RejectReason.REQUEST_ID_CONFLICT
+                        )
+                    running = await self.turns.find_running_by_chat_id(run, scope, params.chat_id)
+                    if running is not None:
+                        return _generation_in_progress(running, exc.running_turn_id)
+                    # The running turn ended between the insert and the read: try again.
+                    refused = exc
+                    continue
+                return StartOutcome(StartKind.STARTED, turn=turn)
+            assert refused is not None
+            return _generation_in_progress(None, refused.running_turn_id)
+
+    # ---- keep-alive
+
+    def keep_alive(
+        self,
+        scope: AccessScope,
+        turn_id: UUID,
+        *,
+        settings: KeepAliveSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> KeepAlive[RunnerT]:
+        """A ``KeepAlive`` for one running turn (see ``KeepAlive``); ``clock`` is the
+        monotonic clock that paces the writes."""
+        return KeepAlive(self._store, scope, turn_id, settings or self._keep_alive, clock=clock)
+
+    # ---- finalize
+
+    async def complete_turn(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        assistant_message_id: UUID,
+        *,
+        provider_response_id: str | None = None,
+        hook: FinalizeHook[RunnerT] | None = None,
+        runner: RunnerT | None = None,
+    ) -> FinalizeOutcome:
+        """CAS ``running -> completed``; the assistant message id is required, because a
+        completed turn must be replayable."""
+        params = CasCompleteParams(
+            turn_id=turn.id,
+            assistant_message_id=assistant_message_id,
+            provider_response_id=provider_response_id,
+        )
+
+        async def cas(run: RunnerT) -> int:
+            return await self.turns.cas_update_completed(run, scope, params)
+
+        return await self._finalize(scope, turn, TurnState.COMPLETED, cas, hook, runner)
+
+    async def fail_turn(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        error_code: str,
+        error_detail: str | None = None,
+        *,
+        hook: FinalizeHook[RunnerT] | None = None,
+        runner: RunnerT | None = None,
+    ) -> FinalizeOutcome:
+        """CAS ``running -> failed`` with an error code (1..64 chars) and optional detail."""
+        params = CasTerminalParams(
+            turn_id=turn.id,
+            state=TurnState.FAILED,
+            error_code=error_code,
+            error_detail=error_detail,
+        )
+        return await self._finalize_state(scope, turn, params, hook, runner)
+
+    async def cancel_turn(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        *,
+        partial_message_id: UUID | None = None,
+        hook: FinalizeHook[RunnerT] | None = None,
+        runner: RunnerT | None = None,
+    ) -> FinalizeOutcome:
+        """CAS ``running -> cancelled``, linking the partial answer's message if one was kept."""
+        params = CasTerminalParams(
+            turn_id=turn.id, state=TurnState.CANCELLED, assistant_message_id=partial_message_id
+        )
+        return await self._finalize_state(scope, turn, params, hook, runner)
+
+    async def _finalize_state(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        params: CasTerminalParams,
+        hook: FinalizeHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> FinalizeOutcome:
+        async def cas(run: RunnerT) -> int:
+            return await self.turns.cas_update_state(run, scope, params)
+
+        return await self._finalize(scope, turn, params.state, cas, hook, runner)
+
+    async def _finalize(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        state: TurnState,
+        cas: Callable[[RunnerT], Awaitable[int]],
+        hook: FinalizeHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> FinalizeOutcome:
+        # Without a hook the CAS is the only statement: autocommit saves BEGIN and COMMIT.
+        async with self._on(runner, atomic=hook is not None) as run:
+            won = await cas(run) == 1
+            if not won or hook is None:
+                return FinalizeOutcome(turn.id, state, won)
+            final = await self.turns.find_by_chat_and_request_id(
+                run, scope, turn.chat_id, turn.request_id
+            )
+            assert final is not None, "the finalized turn is in scope: the CAS just saw it"
+            await hook(run, final)
+            return FinalizeOutcome(turn.id, state, True, final)
+
+    # ---- retry, edit, delete
+
+    async def retry_turn(
+        self,
+        scope: AccessScope,
+        chat_id: UUID,
+        request_id: UUID,
+        actor_user_id: UUID | None,
+        *,
+        new_turn_id: UUID | None = None,
+        hook: MutationHook[RunnerT] | None = None,
+        runner: RunnerT | None = None,
+    ) -> MutationResult:
+        """Replace the chat's last turn by a new running turn with a new request id."""
+        return await self._mutate(
+            MutationKind.RETRY, scope, chat_id, request_id, actor_user_id, new_turn_id, hook, runner
+        )
+
+    async def edit_turn(
+        self,
+        scope: AccessScope,
+        chat_id: UUID,
+        request_id: UUID,
+        actor_user_id: UUID | None,
+        *,
+        new_turn_id: UUID | None = None,
+        hook: MutationHook[RunnerT] | None = None,
+        runner: RunnerT | None = None,
+    ) -> MutationResult:
+        """Like ``retry_turn``; the host writes the edited user message in the same
+        transaction (through ``hook`` or its own ``runner``)."""
+        return await self._mutate(
+            MutationKind.EDIT, scope, chat_id, request_id, actor_user_id, new_turn_id, hook, runner
+        )
+
+    async def delete_turn(
+        self,
+        scope: AccessScope,
+        chat_id: UUID,
+        request_id: UUID,
+        actor_user_id: UUID | None,
+        *,
+        hook: MutationHook[RunnerT] | None = None,
+        runner: RunnerT | None = None,
+    ) -> MutationResult:
+        """Soft-delete the chat's last turn."""
+        return await self._mutate(
+            MutationKind.DELETE, scope, chat_id, request_id, actor_user_id, None, hook, runner
+        )
+
+    async def _mutate(
+        self,
+        kind: MutationKind,
+        scope: AccessScope,
+        chat_id: UUID,
+        request_id: UUID,
+        actor_user_id: UUID | None,
+        new_turn_id: UUID | None,
+        hook: MutationHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> MutationResult:
+        async with self._on(runner, atomic=True) as run:
+            # Lock the chat first: every check below then reads the state the previous
+            # mutation of this chat committed, never an older snapshot.
+            latest = await self.turns.find_latest_for_update(run, scope, chat_id)
+            if latest is not None and latest.request_id == request_id:
+                target: Turn | None = latest
+            else:
+                target = await self.turns.find_by_chat_and_request_id(
+                    run, scope, chat_id, request_id
+                )
+            rejection = replaced_turn_rejection(target, latest, actor_user_id) or (
+                mutation_rejection(
+                    target, latest, actor_user_id, chat_id=chat_id, request_id=request_id
+                )
+            )
+            if rejection is not None:
+                raise rejection
+            assert target is not None
+            if kind is MutationKind.DELETE:
+                await self.turns.soft_delete(run, scope, target.id, None)
+                result = MutationResult(kind, target)
+            else:
+                new_request_id = new_uuid7()
+                # Insert before deleting: if the insert collides (a turn was started in the
+                # chat meanwhile), nothing has been written yet.
+                new_turn = await self.turns.create_turn(
+                    run,
+                    scope,
+                    CreateTurnParams(
+                        id=new_turn_id or new_uuid7(),
+                        tenant_id=target.tenant_id,
+                        chat_id=chat_id,
+                        request_id=new_request_id,
+                        requester_type=RequesterType.USER,
+                        requester_user_id=actor_user_id,
+                        provider_name=target.provider_name,
+                        web_search_enabled=target.web_search_enabled,
+                    ),
+                )
+                await self.turns.soft_delete(run, scope, target.id, new_request_id)
+                result = MutationResult(kind, target, new_turn, new_request_id)
+            if hook is not None:
+                await hook(run, result)
+            return result

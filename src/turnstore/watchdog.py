@@ -1,0 +1,415 @@
+"""The orphan watchdog: fails turns whose process died mid-stream (spec section 8).
+
+A turn is an orphan when it still runs but its ``last_progress_at`` is older than the
+timeout: the process streaming it crashed, or lost its database. ``OrphanWatchdog`` scans
+for candidates, then finalizes each one with ``cas_finalize_orphan`` in its own transaction,
+which re-checks every orphan predicate, so a turn whose keep-alive renewed its progress
+after the scan is left alone. The host's settlement hook (refund a quota reservation, emit
+an outbox event) runs in that transaction, only when the CAS was won.
+
+One watchdog per database scans at a time: on PostgreSQL the leader holds a session-level
+advisory lock on a dedicated connection (not from the pool, so the lock lives exactly as
+long as that session); on the in-memory fake an in-process lock per store plays the part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Annotated, Any, Generic, Protocol
+from uuid import UUID
+
+import psycopg
+from pydantic import BaseModel, ConfigDict, Field
+
+from turnstore.errors import InvalidParameterError
+from turnstore.model import Turn
+from turnstore.repository import RunnerT, TurnStore
+from turnstore.scope import AccessScope
+
+__all__ = [
+    "DEFAULT_ORPHAN_TIMEOUT_SECS",
+    "MAX_ORPHAN_TIMEOUT_SECS",
+    "MIN_ORPHAN_TIMEOUT_SECS",
+    "AdvisoryLockElection",
+    "InProcessElection",
+    "LeaderElection",
+    "OrphanTimeoutSecs",
+    "OrphanWatchdog",
+    "SettlementHook",
+    "SweepReport",
+    "WatchdogMetrics",
+    "WatchdogSettings",
+    "advisory_lock_key",
+]
+
+logger = logging.getLogger("turnstore.watchdog")
+
+MIN_ORPHAN_TIMEOUT_SECS = 60
+MAX_ORPHAN_TIMEOUT_SECS = 3600
+DEFAULT_ORPHAN_TIMEOUT_SECS = 300
+
+#: An orphan timeout in whole seconds, validated to 60..3600.
+OrphanTimeoutSecs = Annotated[
+    int, Field(strict=True, ge=MIN_ORPHAN_TIMEOUT_SECS, le=MAX_ORPHAN_TIMEOUT_SECS)
+]
+
+#: The host's settlement hook: runs in the orphan's finalizing transaction, after the CAS
+#: was won, with the turn as the CAS left it (``failed``, ``orphan_timeout``).
+SettlementHook = Callable[[RunnerT, Turn], Awaitable[None]]
+
+
+class WatchdogSettings(BaseModel):
+    """Validated watchdog settings.
+
+    - ``orphan_timeout_secs``: silence after which a running turn is an orphan (60..3600,
+      default 300). Keep-alive intervals must stay at most a third of it.
+    - ``scan_interval_secs``: pause between two scans of the running loop (default 60).
+    - ``batch_limit``: at most this many candidates per scan (default 100); the rest wait
+      for the next scan, oldest first.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
+    scan_interval_secs: float = Field(default=60.0, gt=0, le=MAX_ORPHAN_TIMEOUT_SECS)
+    batch_limit: int = Field(default=100, strict=True, ge=1, le=10_000)
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one scan did.
+
+    ``leader`` is False when another instance holds leadership: nothing was scanned.
+    ``detected`` are the candidates the scan found; ``finalized`` the turns this sweep
+    failed (as the CAS left them); a candidate in neither ``finalized`` nor
+    ``settlement_errors`` was renewed or finalized by someone else in between.
+    ``settlement_errors`` are the ids whose settlement hook (or transaction) raised: their
+    transition was rolled back and the next scan will try again.
+    """
+
+    leader: bool
+    detected: tuple[Turn, ...] = ()
+    finalized: tuple[Turn, ...] = ()
+    settlement_errors: tuple[UUID, ...] = ()
+    duration_secs: float = 0.0
+
+
+class WatchdogMetrics:
+    """Hooks for the host's metrics; override what you need. They must not block."""
+
+    def orphan_detected(self, turn: Turn) -> None:
+        """A scan found ``turn`` as an orphan candidate."""
+
+    def orphan_finalized(self, turn: Turn) -> None:
+        """This watchdog failed ``turn`` (its settlement hook, if any, succeeded)."""
+
+    def scan_duration(self, seconds: float) -> None:
+        """A scan (search and finalization) took ``seconds``."""
+
+
+# --------------------------------------------------------------------------- election
+
+
+class LeaderElection(Protocol):
+    """Decides which watchdog instance may scan."""
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this instance held leadership at its last check."""
+        ...
+
+    async def acquire(self) -> bool:
+        """Become the leader, or confirm still being it; False if another instance is."""
+        ...
+
+    async def release(self) -> None:
+        """Give leadership up (idempotent)."""
+        ...
+
+
+def advisory_lock_key(schema: str) -> int:
+    """The advisory lock key of the watchdog of one schema: a stable signed 64-bit hash,
+    so two schemas in one database elect their watchdogs independently."""
+    digest = hashlib.blake2b(f"turnstore.watchdog:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+ConnectionFactory = Callable[[], Awaitable["psycopg.AsyncConnection[Any]"]]
+
+
+class AdvisoryLockElection:
+    """Leadership = a session-level ``pg_try_advisory_lock`` held on a dedicated connection.
+
+    The lock lives exactly as long as that session: if the connection dies (network, crash,
+    ``pg_terminate_backend``), the server releases it, the next ``acquire`` here notices the
+    dead connection and reports lost leadership, and another instance wins at its next try.
+    """
+
+    def __init__(self, connect: ConnectionFactory, key: int) -> None:
+        self._connect = connect
+        self._key = key
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    @classmethod
+    def from_dsn(cls, dsn: str, key: int) -> AdvisoryLockElection:
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, application_name="turnstore-watchdog"
+            )
+
+        return cls(connect, key)
+
+    @property
+    def key(self) -> int:
+        return self._key
+
+    @property
+    def is_leader(self) -> bool:
+        return self._conn is not None
+
+    async def acquire(self) -> bool:
+        if self._conn is not None:
+            try:
+                await self._conn.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                logger.warning("watchdog leader connection lost; leadership given up")
+                await self._discard()
+        try:
+            conn = await self._connect()
+        except psycopg.Error as exc:
+            logger.warning("watchdog cannot connect to elect a leader: %s", exc)
+            return False
+        try:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            logger.warning("watchdog leader election failed: %s", exc)
+            await conn.close()
+            return False
+        if row is None or row[0] is not True:
+            await conn.close()
+            return False
+        self._conn = conn
+        logger.info("watchdog became leader (advisory lock %s)", self._key)
+        return True
+
+    async def release(self) -> None:
+        if self._conn is None:
+            return
+        with contextlib.suppress(psycopg.Error):  # a dead session has released the lock
+            await self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+        await self._discard()
+
+    async def _discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+
+_IN_PROCESS_LEADERS: weakref.WeakKeyDictionary[object, InProcessElection] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class InProcessElection:
+    """Leadership among the watchdogs of one process sharing one store (the fake's)."""
+
+    def __init__(self, store: object) -> None:
+        self._store = weakref.ref(store)
+
+    @property
+    def is_leader(self) -> bool:
+        store = self._store()
+        return store is not None and _IN_PROCESS_LEADERS.get(store) is self
+
+    async def acquire(self) -> bool:
+        store = self._store()
+        if store is None:
+            return False
+        holder = _IN_PROCESS_LEADERS.setdefault(store, self)
+        return holder is self
+
+    async def release(self) -> None:
+        store = self._store()
+        if store is not None and _IN_PROCESS_LEADERS.get(store) is self:
+            del _IN_PROCESS_LEADERS[store]
+
+
+def default_election(store: TurnStore[Any]) -> LeaderElection:
+    """Advisory lock for a store that knows its DSN; the in-process lock for the fake."""
+    from turnstore.memory import InMemoryStore
+
+    if isinstance(store, InMemoryStore):
+        return InProcessElection(store)
+    dsn = getattr(store, "dsn", None)
+    if isinstance(dsn, str) and dsn:
+        schema = getattr(store, "schema", "turnstore")
+        return AdvisoryLockElection.from_dsn(dsn, advisory_lock_key(str(schema)))
+    raise InvalidParameterError(
+        "cannot elect a watchdog leader for this store: it has no DSN to open a dedicated "
+        "connection; pass election=AdvisoryLockElection(connect, advisory_lock_key(schema))"
+    )
+
+
+# --------------------------------------------------------------------------- watchdog
+
+
+class OrphanWatchdog(Generic[RunnerT]):
+    """Finds orphaned turns and fails them with ``orphan_timeout``, once, as the leader.
+
+    ``await run_once()`` runs one scan (the CLI's ``turnstore sweep --once``);
+    ``start()``/``stop()`` or ``async with`` run the loop every ``scan_interval_secs``.
+    """
+
+    def __init__(
+        self,
+        store: TurnStore[RunnerT],
+        settings: WatchdogSettings | None = None,
+        *,
+        settlement_hook: SettlementHook[RunnerT] | None = None,
+        metrics: WatchdogMetrics | None = None,
+        election: LeaderElection | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings if settings is not None else WatchdogSettings()
+        self._hook = settlement_hook
+        self._metrics = metrics if metrics is not None else WatchdogMetrics()
+        self._election = election if election is not None else default_election(store)
+        self._sweep_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def settings(self) -> WatchdogSettings:
+        return self._settings
+
+    @property
+    def is_leader(self) -> bool:
+        return self._election.is_leader
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def elect(self) -> bool:
+        """Become or confirm being the leader; False while another instance leads."""
+        return await self._election.acquire()
+
+    async def run_once(self) -> SweepReport:
+        """One scan, if this instance is or can become the leader.
+
+        Outside the running loop, leadership taken for this scan is released after it, so a
+        one-off sweep (the CLI) leaves nothing behind.
+        """
+        held = self._election.is_leader
+        if not await self._election.acquire():
+            return SweepReport(leader=False)
+        try:
+            async with self._sweep_lock:
+                return await self._sweep()
+        finally:
+            if not held and not self.running:
+                await self._election.release()
+
+    async def _sweep(self) -> SweepReport:
+        settings = self._settings
+        timeout = settings.orphan_timeout_secs
+        turns = self._store.turns
+        started = time.perf_counter()
+        async with self._store.connection() as runner:
+            candidates = await turns.find_orphan_candidates(runner, timeout, settings.batch_limit)
+        for turn in candidates:
+            logger.info("orphan candidate: turn %s of chat %s", turn.id, turn.chat_id)
+            self._metrics.orphan_detected(turn)
+        finalized: list[Turn] = []
+        errors: list[UUID] = []
+        for candidate in candidates:
+            try:
+                final = await self._finalize(candidate)
+            except Exception:
+                logger.exception("finalizing orphan turn %s failed; rolled back", candidate.id)
+                errors.append(candidate.id)
+                continue
+            if final is None:
+                logger.info("turn %s is no longer an orphan; left alone", candidate.id)
+                continue
+            logger.info("orphan turn %s failed with orphan_timeout", final.id)
+            finalized.append(final)
+            self._metrics.orphan_finalized(final)
+        duration = time.perf_counter() - started
+        self._metrics.scan_duration(duration)
+        return SweepReport(
+            leader=True,
+            detected=tuple(candidates),
+            finalized=tuple(finalized),
+            settlement_errors=tuple(errors),
+            duration_secs=duration,
+        )
+
+    async def _finalize(self, candidate: Turn) -> Turn | None:
+        """CAS one candidate and settle it in one transaction; the row if this call won."""
+        turns = self._store.turns
+        async with self._store.transaction() as runner:
+            won = await turns.cas_finalize_orphan(
+                runner, candidate.id, self._settings.orphan_timeout_secs
+            )
+            if won != 1:
+                return None
+            final = await turns.find_by_chat_and_request_id(
+                runner, AccessScope.allow_all(), candidate.chat_id, candidate.request_id
+            )
+            assert final is not None, "the CAS just updated this row"
+            if self._hook is not None:
+                await self._hook(runner, final)
+            return final
+
+    # ---- the loop
+
+    async def start(self) -> None:
+        """Run the scan loop in a background task (no-op if it already runs)."""
+        if self.running:
+            return
+        self._stopping = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="turnstore-orphan-watchdog")
+
+    async def stop(self) -> None:
+        """Stop the loop after the current scan and give leadership up."""
+        task, self._task = self._task, None
+        self._stopping.set()
+        if task is not None:
+            await task
+        await self._election.release()
+
+    async def __aenter__(self) -> OrphanWatchdog[RunnerT]:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if await self.elect():
+                    async with self._sweep_lock:
+                        await self._sweep()
+            except Exception:
+                logger.exception("orphan scan failed; retrying at the next interval")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._stopping.wait(), timeout=self._settings.scan_interval_secs
+                )
