@@ -26,6 +26,8 @@ __all__ = [
     "StartDecision",
     "can_transition",
     "decide_start",
+    "holds_running_slot",
+    "is_live",
     "is_orphan",
     "latest_sort_key",
     "mutation_rejection",
@@ -68,6 +70,20 @@ def preflight_update_applies(turn: Turn) -> bool:
 
 def tool_increment_applies(turn: Turn) -> bool:
     """``increment_tool_calls`` counts only on a running, non-deleted turn."""
+    return turn.state is TurnState.RUNNING and turn.deleted_at is None
+
+
+def is_live(turn: Turn) -> bool:
+    """Not soft-deleted: still part of the conversation, a candidate for "latest turn"."""
+    return turn.deleted_at is None
+
+
+def holds_running_slot(turn: Turn) -> bool:
+    """Running and not deleted: the one turn a chat may have generating at a time.
+
+    The partial unique index ``chat_turns_one_running_per_chat`` holds exactly these
+    rows, and ``find_running_by_chat_id`` returns one of them.
+    """
     return turn.state is TurnState.RUNNING and turn.deleted_at is None
 
 
