@@ -13,7 +13,6 @@ from typing import Annotated
 from uuid import UUID
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -80,8 +79,14 @@ class ToolCallType(str, Enum):
         return self.value
 
 
-def _storable_text(value: str) -> str:
-    """PostgreSQL text cannot hold NUL, and only valid UTF-8 reaches the server."""
+def _storable_text(value: object) -> object:
+    """PostgreSQL text cannot hold NUL, and only valid UTF-8 reaches the server.
+
+    It runs before pydantic's own ``str`` check (which would reject a lone surrogate with
+    a vaguer message); anything that is not a ``str`` is left for that check.
+    """
+    if not isinstance(value, str):
+        return value
     if "\x00" in value:
         raise ValueError("text must not contain NUL characters")
     try:
@@ -98,13 +103,19 @@ def _not_bool(value: object) -> object:
     return value
 
 
-Text = Annotated[str, AfterValidator(_storable_text)]
+Text = Annotated[str, BeforeValidator(_storable_text)]
 NonNegInt4 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=INT4_MAX)]
 NonNegInt8 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=INT8_MAX)]
-ErrorCode = Annotated[Text, Field(min_length=1, max_length=64)]
-ProviderName = Annotated[Text, Field(min_length=1, max_length=128)]
-ProviderResponseId = Annotated[Text, Field(min_length=1, max_length=128)]
-EffectiveModel = Annotated[Text, Field(min_length=1, max_length=1024)]
+# The length bounds sit on the str itself so that the message counts characters (as
+# varchar(n) does) instead of "items".
+ErrorCode = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(_storable_text)]
+ProviderName = Annotated[str, Field(min_length=1, max_length=128), BeforeValidator(_storable_text)]
+ProviderResponseId = Annotated[
+    str, Field(min_length=1, max_length=128), BeforeValidator(_storable_text)
+]
+EffectiveModel = Annotated[
+    str, Field(min_length=1, max_length=1024), BeforeValidator(_storable_text)
+]
 
 _PARAMS_CONFIG = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
