@@ -212,6 +212,8 @@ def compile_scope(scope: AccessScope) -> tuple[str, tuple[Any, ...]]:
     empty ``IN`` matches nothing and is dropped; nothing left is ``FALSE``. Column names
     come from a fixed table, values are always parameters.
     """
+    if not isinstance(scope, AccessScope):
+        raise InvalidParameterError(f"scope must be an AccessScope, got {type(scope).__name__}")
     if scope.unrestricted:
         return _UNRESTRICTED
     ors: list[str] = []
@@ -465,22 +467,32 @@ class PostgresTurnRepository:
     def __repr__(self) -> str:
         return f"PostgresTurnRepository(schema={self.schema!r})"
 
-    async def _fetch_one(self, conn: Connection, query: str, params: Sequence[Any]) -> Turn | None:
-        cur = conn.cursor(row_factory=_turn_rows)
-        await cur.execute(query, params)
-        return await cur.fetchone()
+    async def _one(
+        self, conn: Connection, statement: _Scoped, scope: AccessScope, head: tuple[Any, ...]
+    ) -> Turn | None:
+        """Run a scoped SELECT; ``head`` are the parameters before the scope's."""
+        scope_sql, scope_params = compile_scope(scope)
+        with _driver_errors:
+            cur = conn.cursor(row_factory=_turn_rows)
+            await cur.execute(statement.render(scope_sql), head + scope_params)
+            return await cur.fetchone()
 
-    async def _rowcount(self, conn: Connection, query: str, params: Sequence[Any]) -> int:
-        cur = await conn.execute(query, params)
+    async def _count(
+        self, conn: Connection, statement: _Scoped, scope: AccessScope, head: tuple[Any, ...]
+    ) -> int:
+        """Run a scoped UPDATE; return the rows it changed."""
+        scope_sql, scope_params = compile_scope(scope)
+        with _driver_errors:
+            cur = await conn.execute(statement.render(scope_sql), head + scope_params)
         return cur.rowcount
 
     async def create_turn(
         self, runner: Connection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
         _check_params("params", params, CreateTurnParams)
+        scope_sql, scope_params = compile_scope(scope)
         if not scope.permits(params):
             raise ScopeDeniedError(params.id, params.tenant_id)
-        scope_sql, scope_params = compile_scope(scope)
         values = (
             params.id,
             params.tenant_id,
@@ -508,7 +520,9 @@ class PostgresTurnRepository:
         )
         with _driver_errors:
             for _ in range(_MAX_INSERT_ATTEMPTS):
-                turn = await self._fetch_one(runner, self._insert, values)
+                inserted = runner.cursor(row_factory=_turn_rows)
+                await inserted.execute(self._insert, values)
+                turn = await inserted.fetchone()
                 if turn is not None:
                     return turn
                 cur = await runner.cursor().execute(classify, classify_params)
@@ -532,74 +546,42 @@ class PostgresTurnRepository:
     ) -> Turn | None:
         _check_uuid("chat_id", chat_id)
         _check_uuid("request_id", request_id)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            return await self._fetch_one(
-                runner,
-                self._find_by_request.render(scope_sql),
-                (chat_id, request_id, *scope_params),
-            )
+        return await self._one(runner, self._find_by_request, scope, (chat_id, request_id))
 
     async def find_running_by_chat_id(
         self, runner: Connection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
         _check_uuid("chat_id", chat_id)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            return await self._fetch_one(
-                runner, self._find_running.render(scope_sql), (chat_id, *scope_params)
-            )
+        return await self._one(runner, self._find_running, scope, (chat_id,))
 
     async def cas_update_state(
         self, runner: Connection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
         _check_params("params", params, CasTerminalParams)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            return await self._rowcount(
-                runner,
-                self._cas_state.render(scope_sql),
-                (
-                    params.state.value,
-                    params.error_code,
-                    params.error_detail,
-                    params.assistant_message_id,
-                    params.provider_response_id,
-                    params.turn_id,
-                    *scope_params,
-                ),
-            )
+        head = (
+            params.state.value,
+            params.error_code,
+            params.error_detail,
+            params.assistant_message_id,
+            params.provider_response_id,
+            params.turn_id,
+        )
+        return await self._count(runner, self._cas_state, scope, head)
 
     async def cas_update_completed(
         self, runner: Connection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
         _check_params("params", params, CasCompleteParams)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            return await self._rowcount(
-                runner,
-                self._cas_completed.render(scope_sql),
-                (
-                    params.assistant_message_id,
-                    params.provider_response_id,
-                    params.turn_id,
-                    *scope_params,
-                ),
-            )
+        head = (params.assistant_message_id, params.provider_response_id, params.turn_id)
+        return await self._count(runner, self._cas_completed, scope, head)
 
     async def set_assistant_message_id(
         self, runner: Connection, scope: AccessScope, turn_id: UUID, assistant_message_id: UUID
     ) -> None:
         _check_uuid("turn_id", turn_id)
         _check_uuid("assistant_message_id", assistant_message_id)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            count = await self._rowcount(
-                runner,
-                self._set_assistant_message.render(scope_sql),
-                (assistant_message_id, turn_id, *scope_params),
-            )
-        if count == 0:
+        head = (assistant_message_id, turn_id)
+        if await self._count(runner, self._set_assistant_message, scope, head) == 0:
             raise TurnNotFoundError(turn_id)
 
     async def soft_delete(
@@ -612,35 +594,21 @@ class PostgresTurnRepository:
         _check_uuid("turn_id", turn_id)
         if replaced_by_request_id is not None:
             _check_uuid("replaced_by_request_id", replaced_by_request_id)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            count = await self._rowcount(
-                runner,
-                self._soft_delete.render(scope_sql),
-                (replaced_by_request_id, turn_id, *scope_params),
-            )
-        if count == 0:
+        head = (replaced_by_request_id, turn_id)
+        if await self._count(runner, self._soft_delete, scope, head) == 0:
             raise TurnNotFoundError(turn_id)
 
     async def find_latest_turn(
         self, runner: Connection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
         _check_uuid("chat_id", chat_id)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            return await self._fetch_one(
-                runner, self._find_latest.render(scope_sql), (chat_id, *scope_params)
-            )
+        return await self._one(runner, self._find_latest, scope, (chat_id,))
 
     async def update_progress_at(
         self, runner: Connection, scope: AccessScope, turn_id: UUID
     ) -> int:
         _check_uuid("turn_id", turn_id)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            return await self._rowcount(
-                runner, self._update_progress.render(scope_sql), (turn_id, *scope_params)
-            )
+        return await self._count(runner, self._update_progress, scope, (turn_id,))
 
     async def find_orphan_candidates(
         self, runner: Connection, timeout_secs: int, limit: int
@@ -657,9 +625,10 @@ class PostgresTurnRepository:
         _check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
         with _driver_errors:
-            return await self._rowcount(
-                runner, self._finalize_orphan, (ORPHAN_ERROR_CODE, turn_id, timeout_secs)
+            cur = await runner.execute(
+                self._finalize_orphan, (ORPHAN_ERROR_CODE, turn_id, timeout_secs)
             )
+        return cur.rowcount
 
     async def find_latest_for_update(
         self, runner: Connection, scope: AccessScope, chat_id: UUID
@@ -699,22 +668,16 @@ class PostgresTurnRepository:
         self, runner: Connection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
         _check_params("params", params, UpdatePreflightParams)
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            return await self._rowcount(
-                runner,
-                self._update_preflight.render(scope_sql),
-                (
-                    params.reserve_tokens,
-                    params.max_output_tokens_applied,
-                    params.reserved_credits_micro,
-                    params.policy_version_applied,
-                    params.effective_model,
-                    params.minimal_generation_floor_applied,
-                    params.turn_id,
-                    *scope_params,
-                ),
-            )
+        head = (
+            params.reserve_tokens,
+            params.max_output_tokens_applied,
+            params.reserved_credits_micro,
+            params.policy_version_applied,
+            params.effective_model,
+            params.minimal_generation_floor_applied,
+            params.turn_id,
+        )
+        return await self._count(runner, self._update_preflight, scope, head)
 
     async def increment_tool_calls(
         self, runner: Connection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
@@ -723,9 +686,7 @@ class PostgresTurnRepository:
         statement = self._increment.get(tool)
         if statement is None:
             raise InvalidParameterError(f"tool must be a ToolCallType, got {tool!r}")
-        scope_sql, scope_params = compile_scope(scope)
-        with _driver_errors:
-            await runner.execute(statement.render(scope_sql), (turn_id, *scope_params))
+        await self._count(runner, statement, scope, (turn_id,))
 
 
 # ---------------------------------------------------------------------------------------
