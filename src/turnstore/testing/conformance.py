@@ -470,9 +470,9 @@ class TestCreateTurn:
 class TestFindByChatAndRequestId:
     async def test_finds_by_both_keys_only(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)
-        turn = await db.create()
+        turn = await db.finish(await db.create())
         other_chat = await db.create(request_id=turn.request_id)
-        other_request = await db.finish(await db.create(chat_id=turn.chat_id))
+        other_request = await db.create(chat_id=turn.chat_id, tenant_id=turn.tenant_id)
         async with db.store.connection() as runner:
             find = db.repo.find_by_chat_and_request_id
             assert await find(runner, ALLOW, turn.chat_id, turn.request_id) == turn
