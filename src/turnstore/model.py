@@ -82,11 +82,11 @@ class ToolCallType(str, Enum):
 def _storable_text(value: object) -> object:
     """PostgreSQL text cannot hold NUL, and only valid UTF-8 reaches the server.
 
-    It runs before pydantic's own ``str`` check (which would reject a lone surrogate with
-    a vaguer message); anything that is not a ``str`` is left for that check.
+    It runs before pydantic's own ``str`` check, which would reject a lone surrogate with a
+    vaguer message and would decode ``bytes`` (NUL included) past this check.
     """
     if not isinstance(value, str):
-        return value
+        raise ValueError(f"text must be a str, got {type(value).__name__}")
     if "\x00" in value:
         raise ValueError("text must not contain NUL characters")
     try:
