@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -92,8 +92,12 @@ class ScopeConstraint(BaseModel):
 
     filters: tuple[ScopeFilter, ...] = Field(min_length=1)
 
-    def __init__(self, filters: Iterable[ScopeFilter], /) -> None:
-        super().__init__(filters=tuple(filters))
+    def __init__(self, filters: Iterable[ScopeFilter] | None = None, /, **data: Any) -> None:
+        # Positional for callers; by keyword for pydantic itself, which calls this
+        # __init__ when it validates a nested constraint (model_validate, JSON).
+        if filters is not None:
+            data["filters"] = tuple(filters)
+        super().__init__(**data)
 
     @property
     def is_satisfiable(self) -> bool:
