@@ -52,6 +52,10 @@ __all__ = [
 
 logger = logging.getLogger("turnstore.watchdog")
 
+#: The ``application_name`` of the leader's dedicated connection, to spot it in
+#: ``pg_stat_activity``.
+_APPLICATION_NAME = "turnstore-watchdog"
+
 MIN_ORPHAN_TIMEOUT_SECS = 60
 MAX_ORPHAN_TIMEOUT_SECS = 3600
 DEFAULT_ORPHAN_TIMEOUT_SECS = 300
@@ -162,7 +166,7 @@ class AdvisoryLockElection:
     def from_dsn(cls, dsn: str, key: int) -> AdvisoryLockElection:
         async def connect() -> psycopg.AsyncConnection[Any]:
             return await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, application_name="turnstore-watchdog"
+                dsn, autocommit=True, application_name=_APPLICATION_NAME
             )
 
         return cls(connect, key)
@@ -250,10 +254,21 @@ def default_election(store: TurnStore[Any]) -> LeaderElection:
 
     if isinstance(store, InMemoryStore):
         return InProcessElection(store)
+    key = advisory_lock_key(str(getattr(store, "schema", "turnstore")))
     dsn = getattr(store, "dsn", None)
     if isinstance(dsn, str) and dsn:
-        schema = getattr(store, "schema", "turnstore")
-        return AdvisoryLockElection.from_dsn(dsn, advisory_lock_key(str(schema)))
+        return AdvisoryLockElection.from_dsn(dsn, key)
+    # A store wrapping the host's pool: open the dedicated connection the way the pool does.
+    pool = getattr(store, "pool", None)
+    conninfo = getattr(pool, "conninfo", None)
+    if isinstance(conninfo, str):
+        kwargs = dict(getattr(pool, "kwargs", None) or {})
+        kwargs.update(autocommit=True, application_name=_APPLICATION_NAME)
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+
+        return AdvisoryLockElection(connect, key)
     raise InvalidParameterError(
         "cannot elect a watchdog leader for this store: it has no DSN to open a dedicated "
         "connection; pass election=AdvisoryLockElection(connect, advisory_lock_key(schema))"

@@ -1,0 +1,351 @@
+"""The orphan watchdog on both backends: settings, sweeps, settlement in the finalizing
+transaction, the scan/CAS race, leader election and its hand-over when the leader's
+PostgreSQL session dies."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+import pydantic
+import pytest
+
+from lifecycle_support import Chat, HookRecorder, tapped
+from turnstore.errors import InvalidParameterError
+from turnstore.lifecycle import StartKind, TurnLifecycle
+from turnstore.model import Turn, TurnState
+from turnstore.repository import TurnStore
+from turnstore.rules import ORPHAN_ERROR_CODE
+from turnstore.scope import AccessScope
+from turnstore.testing.backends import BackendHarness, PostgresHarness
+from turnstore.watchdog import (
+    AdvisoryLockElection,
+    InProcessElection,
+    LeaderElection,
+    OrphanWatchdog,
+    SweepReport,
+    WatchdogMetrics,
+    WatchdogSettings,
+    advisory_lock_key,
+)
+
+TIMEOUT = 60
+SETTINGS = WatchdogSettings(orphan_timeout_secs=TIMEOUT)
+
+
+async def start_turn(store: TurnStore[Any], chat: Chat) -> Turn:
+    outcome = await TurnLifecycle(store).begin_turn(chat.scope, chat.params())
+    assert outcome.kind is StartKind.STARTED
+    assert outcome.turn is not None
+    return outcome.turn
+
+
+async def reload(store: TurnStore[Any], turn: Turn) -> Turn:
+    async with store.connection() as conn:
+        row = await store.turns.find_by_chat_and_request_id(
+            conn, AccessScope.allow_all(), turn.chat_id, turn.request_id
+        )
+    assert row is not None
+    return row
+
+
+async def orphan(backend: BackendHarness) -> Turn:
+    turn = await start_turn(backend.store, Chat())
+    await backend.advance_time(TIMEOUT + 1)
+    return turn
+
+
+def election_for(backend: BackendHarness) -> LeaderElection:
+    """An election on the backend's real store, for a watchdog built on a tapped store."""
+    store: Any = backend.store
+    if backend.name == "memory":
+        return InProcessElection(store)
+    return AdvisoryLockElection.from_dsn(store.dsn, advisory_lock_key(store.schema))
+
+
+class RecordingMetrics(WatchdogMetrics):
+    def __init__(self) -> None:
+        self.detected: list[Turn] = []
+        self.finalized: list[Turn] = []
+        self.durations: list[float] = []
+        self.finalized_event = asyncio.Event()
+
+    def orphan_detected(self, turn: Turn) -> None:
+        self.detected.append(turn)
+
+    def orphan_finalized(self, turn: Turn) -> None:
+        self.finalized.append(turn)
+        self.finalized_event.set()
+
+    def scan_duration(self, seconds: float) -> None:
+        self.durations.append(seconds)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"orphan_timeout_secs": 59},
+        {"orphan_timeout_secs": 3601},
+        {"orphan_timeout_secs": 120.5},
+        {"scan_interval_secs": 0},
+        {"batch_limit": 0},
+        {"batch_limit": 10_001},
+        {"unknown": 1},
+    ],
+)
+def test_settings_refuse_bad_values(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        WatchdogSettings(**kwargs)
+
+
+def test_settings_defaults_and_bounds() -> None:
+    settings = WatchdogSettings()
+    assert (settings.orphan_timeout_secs, settings.scan_interval_secs) == (300, 60)
+    assert settings.batch_limit == 100
+    assert WatchdogSettings(orphan_timeout_secs=60).orphan_timeout_secs == 60
+    assert WatchdogSettings(orphan_timeout_secs=3600).orphan_timeout_secs == 3600
+
+
+def test_advisory_key_is_stable_per_schema_and_fits_a_bigint() -> None:
+    key = advisory_lock_key("turnstore")
+    assert key == advisory_lock_key("turnstore") != advisory_lock_key("other")
+    assert -(2**63) <= key < 2**63
+
+
+async def test_a_store_without_a_dsn_needs_an_explicit_election() -> None:
+    class NoDsnStore:
+        dsn = None
+
+    with pytest.raises(InvalidParameterError, match="election"):
+        OrphanWatchdog(NoDsnStore())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+async def test_sweep_fails_an_orphan_with_orphan_timeout(
+    turnstore_backend: BackendHarness,
+) -> None:
+    turn = await orphan(turnstore_backend)
+    settle = HookRecorder()
+    metrics = RecordingMetrics()
+    watchdog = OrphanWatchdog(
+        turnstore_backend.store, SETTINGS, settlement_hook=settle, metrics=metrics
+    )
+    report = await watchdog.run_once()
+    assert report.leader
+    assert [t.id for t in report.detected] == [turn.id]
+    row = await reload(turnstore_backend.store, turn)
+    assert row.state is TurnState.FAILED
+    assert row.error_code == ORPHAN_ERROR_CODE
+    assert row.completed_at is not None
+    assert report.finalized == (row,)
+    assert settle.rows == [row]
+    assert report.settlement_errors == ()
+    assert [t.id for t in metrics.detected] == [turn.id]
+    assert metrics.finalized == [row]
+    assert len(metrics.durations) == 1
+    assert report.duration_secs == metrics.durations[0]
+    assert not watchdog.is_leader, "a one-off sweep gives leadership back"
+
+
+async def test_live_turns_are_left_alone(turnstore_backend: BackendHarness) -> None:
+    chat = Chat()
+    turn = await start_turn(turnstore_backend.store, chat)
+    await turnstore_backend.advance_time(TIMEOUT - 5)
+    report = await OrphanWatchdog(turnstore_backend.store, SETTINGS).run_once()
+    assert report.leader
+    assert report.detected == ()
+    assert (await reload(turnstore_backend.store, turn)).state is TurnState.RUNNING
+
+
+async def test_batch_limit_takes_the_oldest_first(turnstore_backend: BackendHarness) -> None:
+    store = turnstore_backend.store
+    oldest = await start_turn(store, Chat())
+    await turnstore_backend.advance_time(10)
+    middle = await start_turn(store, Chat())
+    await turnstore_backend.advance_time(10)
+    newest = await start_turn(store, Chat())
+    await turnstore_backend.advance_time(TIMEOUT + 1)
+    watchdog = OrphanWatchdog(store, WatchdogSettings(orphan_timeout_secs=TIMEOUT, batch_limit=2))
+    first = await watchdog.run_once()
+    assert [t.id for t in first.finalized] == [oldest.id, middle.id]
+    second = await watchdog.run_once()
+    assert [t.id for t in second.finalized] == [newest.id]
+
+
+async def sweep_racing(
+    backend: BackendHarness, race: Callable[[TurnStore[Any]], Awaitable[None]]
+) -> tuple[SweepReport, list[Turn]]:
+    """One sweep in which ``race`` runs between the scan and the first CAS; the report and
+    the rows the settlement hook saw."""
+    store, tap = tapped(backend)
+    hook = HookRecorder()
+
+    async def run_race() -> None:
+        await race(store)
+
+    tap.after["find_orphan_candidates"] = run_race
+    watchdog = OrphanWatchdog(store, SETTINGS, settlement_hook=hook, election=election_for(backend))
+    return await watchdog.run_once(), hook.rows
+
+
+async def test_progress_renewed_between_scan_and_cas_is_not_failed(
+    turnstore_backend: BackendHarness,
+) -> None:
+    turn = await orphan(turnstore_backend)
+
+    async def renew(store: TurnStore[Any]) -> None:
+        async with store.connection() as conn:
+            assert await store.turns.update_progress_at(conn, AccessScope.allow_all(), turn.id)
+
+    report, settled = await sweep_racing(turnstore_backend, renew)
+    assert [t.id for t in report.detected] == [turn.id]
+    assert report.finalized == ()
+    assert settled == []
+    assert (await reload(turnstore_backend.store, turn)).state is TurnState.RUNNING
+
+
+async def test_turn_finalized_between_scan_and_cas_is_not_settled(
+    turnstore_backend: BackendHarness,
+) -> None:
+    turn = await orphan(turnstore_backend)
+
+    async def complete(store: TurnStore[Any]) -> None:
+        scope = AccessScope.for_tenant(turn.tenant_id)
+        assert (await TurnLifecycle(store).complete_turn(scope, turn, uuid.uuid4())).won
+
+    report, settled = await sweep_racing(turnstore_backend, complete)
+    assert [t.id for t in report.detected] == [turn.id]
+    assert report.finalized == ()
+    assert settled == []
+    assert (await reload(turnstore_backend.store, turn)).state is TurnState.COMPLETED
+
+
+async def test_settlement_error_rolls_back_and_the_next_sweep_retries(
+    turnstore_backend: BackendHarness,
+) -> None:
+    turn = await orphan(turnstore_backend)
+    other = await orphan(turnstore_backend)
+    broken = {turn.id}
+
+    async def settle(runner: Any, row: Turn) -> None:
+        if row.id in broken:
+            raise RuntimeError("ledger down")
+
+    watchdog = OrphanWatchdog(turnstore_backend.store, SETTINGS, settlement_hook=settle)
+    report = await watchdog.run_once()
+    assert report.settlement_errors == (turn.id,)
+    assert [t.id for t in report.finalized] == [other.id]
+    assert (await reload(turnstore_backend.store, turn)).state is TurnState.RUNNING
+    broken.clear()
+    again = await watchdog.run_once()
+    assert [t.id for t in again.finalized] == [turn.id]
+
+
+async def test_loop_finalizes_and_stops_cleanly(turnstore_backend: BackendHarness) -> None:
+    turn = await orphan(turnstore_backend)
+    metrics = RecordingMetrics()
+    settings = WatchdogSettings(orphan_timeout_secs=TIMEOUT, scan_interval_secs=0.01)
+    watchdog = OrphanWatchdog(turnstore_backend.store, settings, metrics=metrics)
+    async with watchdog:
+        assert watchdog.running
+        await asyncio.wait_for(metrics.finalized_event.wait(), timeout=30)
+        assert watchdog.is_leader
+    assert not watchdog.running
+    assert not watchdog.is_leader
+    assert [t.id for t in metrics.finalized] == [turn.id]
+    names = [t.get_name() for t in asyncio.all_tasks()]
+    assert "turnstore-orphan-watchdog" not in names
+
+
+# --------------------------------------------------------------------------- leadership
+
+
+async def test_two_watchdogs_never_scan_at_once(turnstore_backend: BackendHarness) -> None:
+    first_orphan = await orphan(turnstore_backend)
+    second_orphan = await orphan(turnstore_backend)
+    in_settlement = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_settle(runner: Any, row: Turn) -> None:
+        in_settlement.set()
+        await release.wait()
+
+    store = turnstore_backend.store
+    leader = OrphanWatchdog(store, SETTINGS, settlement_hook=slow_settle)
+    follower = OrphanWatchdog(store, SETTINGS)
+    sweep = asyncio.create_task(leader.run_once())
+    await asyncio.wait_for(in_settlement.wait(), timeout=30)
+    blocked = await follower.run_once()
+    assert not blocked.leader
+    assert blocked.detected == ()
+    assert not await follower.elect()
+    release.set()
+    report = await sweep
+    assert {t.id for t in report.finalized} == {first_orphan.id, second_orphan.id}
+    assert await follower.elect()
+    assert not await leader.elect()
+    await follower.stop()
+    assert await leader.elect()
+    await leader.stop()
+
+
+async def test_in_process_election_is_per_store() -> None:
+    from turnstore.memory import InMemoryStore
+
+    one, other = InMemoryStore(), InMemoryStore()
+    first = OrphanWatchdog(one, SETTINGS)
+    assert await first.elect()
+    assert not await OrphanWatchdog(one, SETTINGS).elect()
+    assert await OrphanWatchdog(other, SETTINGS).elect()
+    await first.stop()
+    assert await OrphanWatchdog(one, SETTINGS).elect()
+
+
+async def leader_backend_pids(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+    cur = await conn.execute(
+        "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+        " WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database()"
+        " AND a.application_name = 'turnstore-watchdog'"
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
+async def test_terminating_the_leaders_backend_hands_leadership_over(
+    turnstore_postgres_store: Any, turnstore_pg_dsn: str
+) -> None:
+    store: TurnStore[Any] = turnstore_postgres_store
+    first = OrphanWatchdog(store, SETTINGS)
+    second = OrphanWatchdog(store, SETTINGS)
+    try:
+        assert await first.elect()
+        assert not await second.elect()
+        async with await psycopg.AsyncConnection.connect(
+            turnstore_pg_dsn, autocommit=True
+        ) as admin:
+            pids = await leader_backend_pids(admin)
+            assert len(pids) == 1
+            cur = await admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pids[0],))
+            row = await cur.fetchone()
+            assert row is not None
+            assert row[0] is True
+            assert await second.elect()
+            assert not await first.elect()
+            assert not first.is_leader
+            assert second.is_leader
+            assert len(await leader_backend_pids(admin)) == 1
+        turn = await start_turn(store, Chat())
+        await PostgresHarness(store=store).advance_time(TIMEOUT + 1)
+        assert not (await first.run_once()).leader
+        report = await second.run_once()
+        assert [t.id for t in report.finalized] == [turn.id]
+    finally:
+        await first.stop()
+        await second.stop()
