@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from turnstore.testing.server import create_database, drop_database, embedded_server, with_dbname
 
@@ -46,6 +47,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-db", action="store_true", help="do not drop the benchmark database at the end"
     )
+    parser.add_argument(
+        "--synchronous-commit",
+        action="store_true",
+        help="keep the server's synchronous_commit (default: off for the benchmark database, "
+        "so that a disk flush per commit does not hide the client-side costs compared)",
+    )
 
 
 @contextmanager
@@ -59,10 +66,23 @@ def server(dsn: str | None) -> Iterator[str]:
 
 
 @contextmanager
-def fresh_database(admin_dsn: str, prefix: str, *, keep: bool = False) -> Iterator[str]:
-    """A new, empty database on the server; dropped on exit unless ``keep``."""
+def fresh_database(
+    admin_dsn: str, prefix: str, *, keep: bool = False, synchronous_commit: bool = True
+) -> Iterator[str]:
+    """A new, empty database on the server; dropped on exit unless ``keep``.
+
+    With ``synchronous_commit=False`` commits in that database do not wait for the WAL
+    flush (a database-level setting: every client of it, pgbench included, gets it).
+    """
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     dsn = create_database(admin_dsn, name)
+    if not synchronous_commit:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(
+                    sql.Identifier(name)
+                )
+            )
     try:
         yield dsn
     finally:
@@ -136,6 +156,9 @@ def machine_info(admin_dsn: str | None = None) -> dict[str, Any]:
             row = conn.execute("SELECT version()").fetchone()
             info["postgresql"] = row[0] if row else None
             info["server_connection"] = "unix socket" if conn.info.host.startswith("/") else "tcp"
+            for setting in ("shared_buffers", "fsync", "max_connections"):
+                row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(setting))).fetchone()
+                info[setting] = row[0] if row else None
     return info
 
 

@@ -302,7 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     with (
         server(args.dsn) as admin_dsn,
-        fresh_database(admin_dsn, "turnstore_scale", keep=args.keep_db) as dsn,
+        fresh_database(
+            admin_dsn,
+            "turnstore_scale",
+            keep=args.keep_db,
+            synchronous_commit=args.synchronous_commit,
+        ) as dsn,
     ):
         machine = machine_info(admin_dsn)
         print(

@@ -1,0 +1,189 @@
+"""Record the SQL a turnstore call sends, then replay it with plain psycopg or pgbench.
+
+The baselines must run *the same SQL* as turnstore, and no hand copy of it may drift from
+the library. So a call is made once on a connection whose cursors record every
+``execute`` (query rendered to text, parameters, prepare and binary flags). Values that
+change from one call to the next (a new turn id, another chat) are passed in as *sentinels*
+during the recording; a replay maps each sentinel to the value of the round at hand.
+
+- ``Recording.replay`` runs the statements with plain ``AsyncConnection.execute``, fetching
+  rows when there are any: what hand-written psycopg code does.
+- ``Recording.pgbench_commands`` renders them as a pgbench script: each sentinel becomes a
+  pgbench variable drawn at random per transaction (``md5(:var::text)::uuid``), every other
+  value an SQL literal, so pgbench's prepared statements match turnstore's statement for
+  statement.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, cast
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.abc import Params, Query
+
+__all__ = ["Recording", "RecordingCursor", "Statement", "recording"]
+
+_LOG: ContextVar[list[Statement] | None] = ContextVar("turnstore_bench_log", default=None)
+_COMMENT = re.compile(r"--[^\n]*")
+_PLACEHOLDER = re.compile(r"%(?:\((?P<name>[^)]+)\))?(?P<fmt>[sbt%])")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One ``execute`` as the library made it."""
+
+    query: str
+    params: Params | None
+    prepare: bool | None
+    binary: bool
+    #: Sent inside ``conn.pipeline()``, batched with its neighbours in one round trip.
+    pipelined: bool = False
+
+
+class RecordingCursor(psycopg.AsyncCursor[Any]):
+    """A plain cursor that also notes each ``execute`` while a recording is active."""
+
+    async def execute(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> RecordingCursor:
+        log = _LOG.get()
+        if log is not None:
+            text = _render(query, self.connection)
+            is_binary = binary if binary is not None else self.format == psycopg.pq.Format.BINARY
+            pipelined = self.connection.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF
+            log.append(Statement(text, params, prepare, bool(is_binary), pipelined))
+        # Template queries (t-strings) take no parameters; turnstore sends none.
+        await super().execute(cast(Any, query), params, prepare=prepare, binary=binary)
+        return self
+
+
+def _render(query: Query, conn: psycopg.AsyncConnection[Any]) -> str:
+    if isinstance(query, sql.Composable):
+        return query.as_string(conn)
+    if isinstance(query, bytes):
+        return query.decode()
+    return str(query)
+
+
+@contextmanager
+def recording() -> Iterator[list[Statement]]:
+    """Collect the statements executed by recording cursors in this context."""
+    log: list[Statement] = []
+    token = _LOG.set(log)
+    try:
+        yield log
+    finally:
+        _LOG.reset(token)
+
+
+def _substitute(value: Any, mapping: Mapping[Any, Any]) -> Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(_substitute(v, mapping) for v in value)
+    if isinstance(value, UUID):
+        return mapping.get(value, value)
+    return value
+
+
+@dataclass(frozen=True)
+class Recording:
+    """The statements of one call, with the sentinel values that vary per call."""
+
+    statements: tuple[Statement, ...]
+    sentinels: Mapping[str, UUID]
+
+    @property
+    def queries(self) -> list[str]:
+        return [s.query for s in self.statements]
+
+    def params_for(self, values: Mapping[str, UUID]) -> list[Params | None]:
+        """Each statement's parameters with the sentinels replaced by ``values``."""
+        mapping = {self.sentinels[name]: value for name, value in values.items()}
+        out: list[Params | None] = []
+        for st in self.statements:
+            if isinstance(st.params, Mapping):
+                out.append({k: _substitute(v, mapping) for k, v in st.params.items()})
+            elif st.params is not None:
+                out.append([_substitute(v, mapping) for v in st.params])
+            else:
+                out.append(None)
+        return out
+
+    async def replay(self, conn: psycopg.AsyncConnection[Any], values: Mapping[str, UUID]) -> None:
+        """Run the statements on ``conn`` as hand-written psycopg code would: one round trip
+        each, except statements the library pipelined, which go out together again."""
+        batch: list[tuple[Statement, Params | None]] = []
+        for st, params in zip(self.statements, self.params_for(values), strict=True):
+            if st.pipelined:
+                batch.append((st, params))
+                continue
+            if batch:
+                await _pipelined(conn, batch)
+                batch = []
+            cur = await conn.execute(st.query, params, prepare=st.prepare, binary=st.binary)
+            if cur.description is not None:
+                await cur.fetchall()
+        if batch:
+            await _pipelined(conn, batch)
+
+    def without(self, *names: str) -> Recording:
+        """The same statements with fewer sentinels (the named values stay constants)."""
+        kept = {k: v for k, v in self.sentinels.items() if k not in names}
+        return Recording(self.statements, kept)
+
+    def pgbench_commands(self, conn: psycopg.Connection[Any]) -> list[str]:
+        """The statements as pgbench SQL commands (sentinels become ``:name`` variables)."""
+        by_value = {value: name for name, value in self.sentinels.items()}
+        return [_pgbench_command(st, by_value, conn) for st in self.statements]
+
+
+async def _pipelined(
+    conn: psycopg.AsyncConnection[Any], batch: list[tuple[Statement, Params | None]]
+) -> None:
+    cursors = [conn.cursor() for _ in batch]
+    async with conn.pipeline():
+        for cur, (st, params) in zip(cursors, batch, strict=True):
+            await cur.execute(st.query, params, prepare=st.prepare, binary=st.binary)
+    for cur in cursors:
+        if cur.description is not None:
+            await cur.fetchall()
+
+
+def _pgbench_command(
+    st: Statement, by_value: Mapping[UUID, str], conn: psycopg.Connection[Any]
+) -> str:
+    positional: Sequence[Any] = () if isinstance(st.params, Mapping) else (st.params or ())
+    named: Mapping[str, Any] = st.params if isinstance(st.params, Mapping) else {}
+    index = 0
+
+    def token(value: Any) -> str:
+        if isinstance(value, UUID) and value in by_value:
+            return f"md5(:{by_value[value]}::text)::uuid"
+        if isinstance(value, (list, tuple)):
+            return "ARRAY[" + ", ".join(token(v) for v in value) + "]"
+        return sql.Literal(value).as_string(conn)
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal index
+        if match.group("fmt") == "%":
+            return "%"
+        if match.group("name") is not None:
+            return token(named[match.group("name")])
+        value = positional[index]
+        index += 1
+        return token(value)
+
+    text = _PLACEHOLDER.sub(replace, _COMMENT.sub("", st.query)).strip()
+    text = " ".join(text.split())
+    return text if text.endswith(";") else text + ";"
