@@ -1,11 +1,14 @@
 """pytest plugin registered by the ``turnstore`` package (entry point ``pytest11``).
 
-It only defines fixtures, all prefixed ``turnstore_``; none starts anything unless a test
-asks for it. A host overrides ``turnstore_schema`` or ``turnstore_postgres_store`` in its
-own ``conftest.py`` to run the conformance suite against its own configuration.
+It defines fixtures, all prefixed ``turnstore_``, and one option; nothing starts unless a
+test asks for it. A host runs the conformance suite against its own configuration by
+overriding fixtures in its own ``conftest.py``: ``turnstore_schema`` (another schema name),
+``turnstore_postgres_store`` (its own pool or store), ``turnstore_backend_name`` (its own
+list of backends); or, without code, by choosing backends with ``--turnstore-backend NAME``
+(repeatable) or the ``turnstore_backends`` ini key.
 
 - ``turnstore_admin_dsn`` (session): a PostgreSQL server (see ``turnstore.testing.server``).
-- ``turnstore_template_db`` (session): a database migrated once, cloned per test.
+- ``turnstore_template_db``: a database migrated once per schema name, cloned per test.
 - ``turnstore_pg_dsn``: a fresh migrated database for one test, dropped afterwards.
 - ``turnstore_postgres_store`` / ``turnstore_memory_store``: an open store of each kind.
 - ``turnstore_backend``: a ``BackendHarness``, parametrized over ``memory`` and ``postgres``.
@@ -30,6 +33,46 @@ from turnstore.testing.server import (
 )
 
 BACKENDS = ("memory", "postgres")
+OPTION = "--turnstore-backend"
+INI_KEY = "turnstore_backends"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("turnstore")
+    group.addoption(
+        OPTION,
+        action="append",
+        choices=BACKENDS,
+        default=[],
+        metavar="NAME",
+        help="run turnstore_backend tests only on this backend (repeatable; default: all)",
+    )
+    parser.addini(INI_KEY, type="args", default=[], help="backends for turnstore_backend tests")
+
+
+def selected_backends(config: pytest.Config) -> set[str]:
+    """The backends chosen by option or ini key; empty means all."""
+    chosen = set(config.getoption(OPTION) or []) | set(config.getini(INI_KEY) or [])
+    unknown = chosen - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"{INI_KEY}: unknown backend(s) {sorted(unknown)}")
+    return chosen
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``turnstore_backend`` tests of backends not chosen."""
+    chosen = selected_backends(config)
+    if not chosen:
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("turnstore_backend_name") if callspec is not None else None
+        (drop if name is not None and name not in chosen else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")
@@ -44,24 +87,42 @@ def turnstore_schema() -> str:
 
 
 @pytest.fixture(scope="session")
-def turnstore_template_db(turnstore_admin_dsn: str, turnstore_schema: str) -> Iterator[str]:
-    """A database with every migration applied, used as TEMPLATE for per-test databases."""
+def turnstore_template_dbs(turnstore_admin_dsn: str) -> Iterator[dict[str, str]]:
+    """Migrated template databases by schema name: made on first use, dropped at the end.
+
+    Keyed by schema so that a directory overriding ``turnstore_schema`` gets a template of
+    its own even when the rest of the session uses the default schema.
+    """
+    templates: dict[str, str] = {}
+    try:
+        yield templates
+    finally:
+        for name in templates.values():
+            drop_database(turnstore_admin_dsn, name)
+
+
+@pytest.fixture
+def turnstore_template_db(
+    turnstore_admin_dsn: str, turnstore_template_dbs: dict[str, str], turnstore_schema: str
+) -> str:
+    """A database with every migration applied in ``turnstore_schema``, used as TEMPLATE."""
     import psycopg
 
     from turnstore.postgres import migrate
 
+    name = turnstore_template_dbs.get(turnstore_schema)
+    if name is not None:
+        return name
     name = f"turnstore_tmpl_{uuid.uuid4().hex[:12]}"
     dsn = create_database(turnstore_admin_dsn, name)
+    turnstore_template_dbs[turnstore_schema] = name
 
     async def _migrate() -> None:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             await migrate(conn, schema=turnstore_schema)
 
     asyncio.run(_migrate())
-    try:
-        yield name
-    finally:
-        drop_database(turnstore_admin_dsn, name)
+    return name
 
 
 @pytest.fixture
@@ -103,6 +164,7 @@ async def turnstore_memory_store() -> AsyncIterator[Any]:
 
 @pytest.fixture(params=BACKENDS)
 def turnstore_backend_name(request: pytest.FixtureRequest) -> str:
+    """Which backend ``turnstore_backend`` builds; override it to change the list."""
     return str(request.param)
 
 
