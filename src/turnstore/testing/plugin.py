@@ -177,4 +177,5 @@ def turnstore_backend(
         store = request.getfixturevalue("turnstore_memory_store")
         return MemoryHarness(store=store, clock=store.clock)
     store = request.getfixturevalue("turnstore_postgres_store")
-    return PostgresHarness(store=store, schema=turnstore_schema)
+    # A host's own store knows its schema best; fall back to the fixture's.
+    return PostgresHarness(store=store, schema=getattr(store, "schema", turnstore_schema))
