@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import functools
 import itertools
+import random
 import re
 import subprocess
 import sys
@@ -85,7 +86,8 @@ class Settings:
     dataset_turns: int
     fake_turns: int
     fake_measured: int
-    hot_turns: int
+    #: Concurrent streams in each HOT measurement: fewer streams, more writers per page.
+    hot_streams: tuple[int, ...]
 
 
 FULL = Settings(
@@ -95,7 +97,7 @@ FULL = Settings(
     dataset_turns=200_000,
     fake_turns=1_000_000,
     fake_measured=5_000,
-    hot_turns=800,
+    hot_streams=(100, 500, 2000),
 )
 QUICK = Settings(
     method_ops=120,
@@ -104,7 +106,7 @@ QUICK = Settings(
     dataset_turns=20_000,
     fake_turns=20_000,
     fake_measured=500,
-    hot_turns=80,
+    hot_streams=(100,),
 )
 
 
@@ -487,12 +489,7 @@ async def bench_typical_turn(
         await typical_turn(lifecycle, v, user)
 
     async def psycopg_op(v: Values) -> None:
-        # One pooled connection per statement, as the lifecycle takes one per call.
-        for st, params in zip(turn_recording.statements, turn_recording.params_for(v), strict=True):
-            async with store.pool.connection() as conn:
-                cur = await conn.execute(st.query, params, prepare=st.prepare, binary=st.binary)
-                if cur.description is not None:
-                    await cur.fetchall()
+        await replay_per_call(store.pool, turn_recording, v)
 
     def values() -> Values:
         return fixtures.fresh(1)[0]
@@ -528,6 +525,21 @@ async def bench_typical_turn(
             flush=True,
         )
     return results
+
+
+async def replay_per_call(
+    pool: psycopg_pool.AsyncConnectionPool[Any], rec: Recording, v: Values
+) -> None:
+    """The recorded statements with one pooled connection each, as the lifecycle takes one
+    connection per call (``getconn``/``putconn``: the leanest way through the pool)."""
+    for st, params in zip(rec.statements, rec.params_for(v), strict=True):
+        conn = await pool.getconn()
+        try:
+            cur = await conn.execute(st.query, params, prepare=st.prepare, binary=st.binary)
+            if cur.description is not None:
+                await cur.fetchall()
+        finally:
+            await pool.putconn(conn)
 
 
 async def record_typical_turn(dsn: str, fixtures: Fixtures) -> Recording:
@@ -643,7 +655,10 @@ async def bench_hot(
     """Keep-alive writes on ``n`` concurrent streams, 20 each, round robin."""
     turns = await fixtures.running(n)
     repo = store.turns
-    inputs = [v for _ in range(KEEP_ALIVES) for v in turns]
+    # Each round touches every stream once, in a random order: concurrent writers land on
+    # random pages, as streams that started at different times do.
+    rng = random.Random(5)
+    inputs = [v for _ in range(KEEP_ALIVES) for v in rng.sample(turns, len(turns))]
     async with held(store.pool, POOL_SIZE) as conns:
         await updates_delta(observer, [*conns, observer], (0, 0), 0)
         before = await _table_updates(observer)
@@ -741,8 +756,14 @@ async def run(admin_dsn: str, dsn: str, settings: Settings, *, fake: bool) -> di
             pgbench = pgbench_binary(admin_dsn)
             turn = await bench_typical_turn(store, dsn, fixtures, settings, pgbench)
             print("HOT share of keep-alive updates:", flush=True)
-            hot = await bench_hot(store, fixtures, aux, settings.hot_turns)
-            print(f"  {hot['hot_share']:.3f} of {hot['n_tup_upd_delta']} updates", flush=True)
+            hot = []
+            for streams in settings.hot_streams:
+                hot.append(await bench_hot(store, fixtures, aux, streams))
+                print(
+                    f"  {streams} streams: {hot[-1]['hot_share']:.3f} of "
+                    f"{hot[-1]['n_tup_upd_delta']} updates",
+                    flush=True,
+                )
     finally:
         await store.close()
     out: dict[str, Any] = {
