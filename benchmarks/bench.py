@@ -92,7 +92,7 @@ class Settings:
 
 FULL = Settings(
     method_ops=1500,
-    rounds=3,
+    rounds=6,
     turn_seconds=12.0,
     dataset_turns=200_000,
     fake_turns=1_000_000,
@@ -277,17 +277,24 @@ METHODS: tuple[MethodCase, ...] = (
 
 @dataclass
 class Timing:
+    """Latencies of one batch of calls, its wall time, and the client process's CPU time
+    (which a busy server or a noisy neighbour disturbs far less than latency)."""
+
     latencies: list[float] = field(default_factory=list)
     wall: float = 0.0
+    cpu: float = 0.0
     ops: int = 0
 
     def add(self, other: Timing) -> None:
         self.latencies.extend(other.latencies)
         self.wall += other.wall
+        self.cpu += other.cpu
         self.ops += other.ops
 
     def summary(self) -> dict[str, float]:
-        return summarize(self.latencies, self.wall, self.ops)
+        out = summarize(self.latencies, self.wall, self.ops)
+        out["client_cpu_us"] = self.cpu / self.ops * 1e6 if self.ops else 0.0
+        return out
 
 
 async def timed(
@@ -303,9 +310,9 @@ async def timed(
             await op(conn, inputs[i])
             timing.latencies.append(perf() - start)
 
-    start = perf()
+    start, cpu = perf(), time.process_time()
     await asyncio.gather(*(worker(t, c) for t, c in enumerate(conns)))
-    timing.wall = perf() - start
+    timing.wall, timing.cpu = perf() - start, time.process_time() - cpu
     return timing
 
 
@@ -374,12 +381,15 @@ async def bench_methods(
             summary = {name: t.summary() for name, t in totals.items()}
             row[f"c{width}"] = summary | {
                 "ratio_median": summary["turnstore"]["median_us"] / summary["psycopg"]["median_us"],
+                "ratio_cpu": summary["turnstore"]["client_cpu_us"]
+                / summary["psycopg"]["client_cpu_us"],
                 "ratio_throughput": summary["psycopg"]["ops_per_s"]
                 / summary["turnstore"]["ops_per_s"],
             }
         results[case.name] = row
         print(
-            f"  {case.name:30} 1 conn x{row['c1']['ratio_median']:.3f} (median)"
+            f"  {case.name:30} 1 conn x{row['c1']['ratio_median']:.3f} (median),"
+            f" x{row['c1']['ratio_cpu']:.3f} (client CPU);"
             f"  8 tasks x{row[f'c{POOL_SIZE}']['ratio_throughput']:.3f} (1/throughput)",
             flush=True,
         )
@@ -470,9 +480,9 @@ async def run_for(
             timing.latencies.append(perf() - start)
             timing.ops += 1
 
-    start = perf()
+    start, cpu = perf(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(tasks)))
-    timing.wall = perf() - start
+    timing.wall, timing.cpu = perf() - start, time.process_time() - cpu
     return timing
 
 
@@ -514,6 +524,9 @@ async def bench_typical_turn(
                 run_pgbench, pgbench, dsn, script, tasks, settings.turn_seconds
             )
         row["ratio_vs_psycopg"] = row["turnstore"]["ops_per_s"] / row["psycopg"]["ops_per_s"]
+        row["ratio_cpu_vs_psycopg"] = (
+            row["turnstore"]["client_cpu_us"] / row["psycopg"]["client_cpu_us"]
+        )
         if "pgbench" in row:
             row["ratio_vs_pgbench"] = row["turnstore"]["ops_per_s"] / row["pgbench"]["ops_per_s"]
             row["psycopg_vs_pgbench"] = row["psycopg"]["ops_per_s"] / row["pgbench"]["ops_per_s"]
@@ -779,42 +792,71 @@ async def run(admin_dsn: str, dsn: str, settings: Settings, *, fake: bool) -> di
     return out
 
 
-def print_tables(results: dict[str, Any]) -> None:
-    print()
-    print(
-        f"{'method':30} {'stmts':>5} | {'1 conn: median us':>18} {'p99':>6} {'ratio':>6} |"
-        f" {'8 tasks: ops/s':>15} {'ratio':>6}"
-    )
-    for name, row in results["methods"].items():
+def method_table(methods: dict[str, Any]) -> list[str]:
+    """The per-method comparison as Markdown rows (ratios: turnstore cost / psycopg cost)."""
+    lines = [
+        "| method | stmts | 1 conn median us (ts / pg) | p99 us (ts / pg) | median ratio"
+        " | client CPU ratio | 8 tasks ops/s (ts / pg) | 8 tasks cost ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in methods.items():
         c1, c8 = row["c1"], row[f"c{POOL_SIZE}"]
-        print(
-            f"{name:30} {row['statements']:>5} | "
-            f"{c1['turnstore']['median_us']:>8.0f} vs {c1['psycopg']['median_us']:>6.0f} "
-            f"{c1['turnstore']['p99_us']:>6.0f} {c1['ratio_median']:>6.3f} | "
-            f"{c8['turnstore']['ops_per_s']:>6.0f} vs {c8['psycopg']['ops_per_s']:>6.0f} "
-            f"{c8['ratio_throughput']:>6.3f}"
+        ts1, pg1 = c1["turnstore"], c1["psycopg"]
+        lines.append(
+            f"| {name} | {row['statements']} | {ts1['median_us']:.0f} / {pg1['median_us']:.0f}"
+            f" | {ts1['p99_us']:.0f} / {pg1['p99_us']:.0f} | {c1['ratio_median']:.3f}"
+            f" | {c1['ratio_cpu']:.3f}"
+            f" | {c8['turnstore']['ops_per_s']:.0f} / {c8['psycopg']['ops_per_s']:.0f}"
+            f" | {c8['ratio_throughput']:.3f} |"
         )
-    print("(ratio = turnstore cost / psycopg cost: median latency, and inverse throughput)")
-    turn = results["typical_turn"]
-    print()
-    print(f"typical turn ({turn['statements']} statements):")
-    print(f"{'tasks':>5} {'impl':>10} {'turns/s':>9} {'median ms':>10} {'p99 ms':>8}")
+    return lines
+
+
+def turn_table(turn: dict[str, Any]) -> list[str]:
+    """The typical-turn comparison as Markdown rows."""
+    lines = [
+        "| tasks | client | turns/s | median ms | p99 ms | client CPU us/turn |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
     for tasks in (1, POOL_SIZE):
         row = turn[f"c{tasks}"]
         for impl in ("turnstore", "psycopg", "pgbench"):
             if impl in row:
                 s = row[impl]
-                print(
-                    f"{tasks:>5} {impl:>10} {s['ops_per_s']:>9.1f} {s['median_us'] / 1e3:>10.3f}"
-                    f" {s['p99_us'] / 1e3:>8.3f}"
+                cpu = f"{s['client_cpu_us']:.0f}" if "client_cpu_us" in s else "-"
+                lines.append(
+                    f"| {tasks} | {impl} | {s['ops_per_s']:.1f} | {s['median_us'] / 1e3:.2f}"
+                    f" | {s['p99_us'] / 1e3:.2f} | {cpu} |"
                 )
-        ratios = f"turnstore/psycopg {row['ratio_vs_psycopg']:.3f}"
-        if "ratio_vs_pgbench" in row:
-            ratios += (
-                f", turnstore/pgbench {row['ratio_vs_pgbench']:.3f}, "
-                f"psycopg/pgbench {row['psycopg_vs_pgbench']:.3f}"
-            )
-        print(f"      throughput ratios: {ratios}")
+    lines.append("")
+    lines.append("| tasks | turnstore / psycopg | turnstore / pgbench | psycopg / pgbench |")
+    lines.append("|---:|---:|---:|---:|")
+    for tasks in (1, POOL_SIZE):
+        row = turn[f"c{tasks}"]
+        lines.append(
+            f"| {tasks} | {row['ratio_vs_psycopg']:.3f}"
+            f" | {row.get('ratio_vs_pgbench', float('nan')):.3f}"
+            f" | {row.get('psycopg_vs_pgbench', float('nan')):.3f} |"
+        )
+    return lines
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    print()
+    print("repository methods, turnstore (ts) vs the same SQL through plain psycopg (pg):")
+    print("\n".join(method_table(results["methods"])))
+    turn = results["typical_turn"]
+    print()
+    print(f"typical turn ({turn['statements']} statements), throughput ratios:")
+    print("\n".join(turn_table(turn)))
+    for hot in results["hot"]:
+        print(f"HOT share of keep-alive updates, {hot['streams']} streams: {hot['hot_share']:.3f}")
+    if "fake" in results:
+        fake = results["fake"]
+        print(
+            f"in-memory fake with {fake['stored_turns']:,} turns: "
+            f"{fake['typical_turn']['ops_per_s']:.0f} typical turns/s"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
