@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="admin DSN of an existing server (default: embedded)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run of everything")
     parser.add_argument("--synchronous-commit", action="store_true")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args(argv)
     common = [*(["--dsn", args.dsn] if args.dsn else [])]
     common += ["--quick"] if args.quick else []
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     print("== scale: every repository query at scale ==", flush=True)
     status = scale.main(common)
     print("\n== bench: turnstore, plain psycopg, pgbench ==", flush=True)
-    bench.main(common)
+    bench.main([*common, "--loop", args.loop])
     return status
 
 

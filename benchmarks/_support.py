@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -12,11 +13,11 @@ import statistics
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -25,15 +26,19 @@ from turnstore.testing.server import create_database, drop_database, embedded_se
 
 __all__ = [
     "RESULTS_DIR",
+    "add_loop_argument",
     "add_server_arguments",
     "fresh_database",
     "machine_info",
     "percentile",
     "pgbench_binary",
+    "run_async",
     "server",
     "summarize",
     "write_results",
 ]
+
+T = TypeVar("T")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -52,6 +57,24 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the server's synchronous_commit (default: off for the benchmark database, "
         "so that a disk flush per commit does not hide the client-side costs compared)",
+    )
+
+
+def run_async(main: Coroutine[Any, Any, T], loop: str = "asyncio") -> T:
+    """Run ``main`` on the standard asyncio loop or on uvloop (the ``bench`` extra)."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def add_loop_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop for the client (uvloop needs: pip install 'turnstore[bench]')",
     )
 
 

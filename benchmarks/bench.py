@@ -44,10 +44,12 @@ from psycopg import sql
 from benchmarks._dataset import DatasetShape, load
 from benchmarks._replay import Recording, RecordingCursor, recording
 from benchmarks._support import (
+    add_loop_argument,
     add_server_arguments,
     fresh_database,
     machine_info,
     pgbench_binary,
+    run_async,
     server,
     summarize,
     write_results,
@@ -864,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
     add_server_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--no-fake", action="store_true", help="skip the in-memory fake")
+    add_loop_argument(parser)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     with (
@@ -876,11 +879,12 @@ def main(argv: list[str] | None = None) -> int:
         ) as dsn,
     ):
         machine = machine_info(admin_dsn)
-        results = asyncio.run(run(admin_dsn, dsn, settings, fake=not args.no_fake))
+        results = run_async(run(admin_dsn, dsn, settings, fake=not args.no_fake), args.loop)
     print_tables(results)
     path = write_results(
-        "bench",
-        {"machine": machine, "settings": vars(settings), "quick": args.quick} | results,
+        "bench" if args.loop == "asyncio" else f"bench-{args.loop}",
+        {"machine": machine, "settings": vars(settings), "quick": args.quick, "loop": args.loop}
+        | results,
     )
     print(f"results: {path}")
     return 0

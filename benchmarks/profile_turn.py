@@ -12,7 +12,6 @@ and the time spent inside turnstore's modules. A fresh database on an embedded s
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import io
 import pstats
@@ -22,7 +21,13 @@ import uuid
 
 import psycopg
 
-from benchmarks._support import add_server_arguments, fresh_database, server
+from benchmarks._support import (
+    add_loop_argument,
+    add_server_arguments,
+    fresh_database,
+    run_async,
+    server,
+)
 from benchmarks.bench import (
     POOL_SIZE,
     SCHEMA,
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     add_server_arguments(parser)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--top", type=int, default=25)
+    add_loop_argument(parser)
     args = parser.parse_args(argv)
     with (
         server(args.dsn) as admin_dsn,
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             admin_dsn, "turnstore_profile", synchronous_commit=args.synchronous_commit
         ) as dsn,
     ):
-        asyncio.run(run(dsn, args.seconds, args.top))
+        run_async(run(dsn, args.seconds, args.top), args.loop)
     return 0
 
 
