@@ -1,5 +1,5 @@
 """The README tells the truth: its Python example runs against a real PostgreSQL and does
-what it says, and every file it links to exists."""
+what it says, and every file it (and the docs index) links to exists."""
 
 from __future__ import annotations
 
@@ -54,8 +54,10 @@ async def test_the_usage_example_migrates_and_completes_a_turn(
     assert (state, has_message, has_progress) == ("completed", True, True)
 
 
-def test_every_relative_link_points_to_a_file() -> None:
-    targets = [t for t in LINK.findall(README) if "://" not in t]
+@pytest.mark.parametrize("page", ["README.md", "docs/index.md"])
+def test_every_relative_link_points_to_a_file(page: str) -> None:
+    path = ROOT / page
+    targets = [t for t in LINK.findall(path.read_text(encoding="utf-8")) if "://" not in t]
     assert targets
-    missing = [t for t in targets if not (ROOT / t).is_file()]
+    missing = [t for t in targets if not (path.parent / t).is_file()]
     assert missing == []
