@@ -1358,17 +1358,49 @@ class TestTimestamps:
         assert done.completed_at > touched.last_progress_at
         assert done.updated_at >= done.completed_at
 
+    @pytest.mark.parametrize(
+        "finalize", ["cas_update_completed", "cas_update_state", "cas_finalize_orphan"]
+    )
     async def test_created_and_completed_in_one_transaction(
+        self, turnstore_backend: BackendHarness, finalize: str
+    ) -> None:
+        """With a clock read per transaction instead of per statement, a turn finalized in
+        the transaction that created it would show ``completed_at < started_at``."""
+        db = Backend(turnstore_backend)
+        params = make_params()
+        async with db.store.transaction() as runner:
+            turn = await db.repo.create_turn(runner, ALLOW, params)
+            if finalize == "cas_update_completed":
+                won = await db.repo.cas_update_completed(runner, ALLOW, complete_params(turn))
+            elif finalize == "cas_update_state":
+                cas = terminal_params(turn, TurnState.CANCELLED)
+                won = await db.repo.cas_update_state(runner, ALLOW, cas)
+            else:
+                # Timeout 0: stale at once (``last_progress_at <= now``), no time has to pass.
+                won = await db.repo.cas_finalize_orphan(runner, turn.id, 0)
+            assert won == 1
+        done = await db.reload(turn)
+        assert done.completed_at is not None
+        assert done.completed_at >= done.started_at
+        assert done.updated_at >= done.started_at
+
+    async def test_later_calls_in_one_transaction_are_strictly_later(
         self, turnstore_backend: BackendHarness
     ) -> None:
         db = Backend(turnstore_backend)
         params = make_params()
         async with db.store.transaction() as runner:
             turn = await db.repo.create_turn(runner, ALLOW, params)
-            assert await db.repo.cas_update_completed(runner, ALLOW, complete_params(turn)) == 1
-        done = await db.reload(turn)
-        assert done.completed_at is not None
-        assert done.completed_at >= done.started_at
+            assert await db.repo.update_progress_at(runner, ALLOW, turn.id) == 1
+            touched = await db.repo.find_running_by_chat_id(runner, ALLOW, turn.chat_id)
+            assert touched is not None
+            assert touched.last_progress_at is not None
+            assert touched.last_progress_at > turn.started_at
+            assert touched.updated_at > turn.updated_at
+            await db.repo.soft_delete(runner, ALLOW, turn.id, None)
+        deleted = await db.reload(turn)
+        assert deleted.deleted_at is not None
+        assert touched.last_progress_at < deleted.deleted_at
 
     async def test_turns_created_later_in_one_transaction_sort_later(
         self, turnstore_backend: BackendHarness
