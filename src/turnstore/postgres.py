@@ -74,9 +74,11 @@ __all__ = [
     "PostgresTurnRepository",
     "SchemaStatus",
     "check_schema",
+    "compile_scope",
     "migrate",
     "migration_files",
     "schema_sql",
+    "validate_orphan_args",
 ]
 
 DEFAULT_SCHEMA = "turnstore"
@@ -177,7 +179,7 @@ def _make_turn(values: Sequence[Any]) -> Turn:
     model would check; only the two enums need converting from text. This is what
     ``Turn.model_construct`` does, minus its per-field default handling.
     """
-    data = dict(zip(_COLUMNS, values, strict=True))
+    data = dict(zip(_COLUMNS, values, strict=False))  # our own SELECT list: same length
     data["state"] = _STATES[values[_STATE_INDEX]]
     data["requester_type"] = _REQUESTERS[values[_REQUESTER_INDEX]]
     turn = _turn_new(Turn)
