@@ -311,10 +311,17 @@ def test_keep_alive_interval_may_be_a_third_of_the_timeout() -> None:
 
 
 class FakeClock:
+    """A monotonic clock that moves only when told, and counts how often it is read."""
+
     def __init__(self) -> None:
         self.now = 1000.0
+        self.reads = 0
+        self.read_often = asyncio.Event()
 
     def __call__(self) -> float:
+        self.reads += 1
+        if self.reads >= 50:
+            self.read_often.set()
         return self.now
 
 
@@ -415,6 +422,20 @@ async def test_keep_alive_heartbeat_writes_without_chunks_and_stops_on_exit(
         assert len(keep_alive_tasks()) == 1
         await asyncio.wait_for(second_write.wait(), timeout=30)
     assert keep_alive_tasks() == []
+
+
+async def test_keep_alive_heartbeat_does_not_write_before_the_interval(
+    turnstore_backend: BackendHarness,
+) -> None:
+    """The heartbeat wakes up often here (a tiny real interval) but its clock stands
+    still, so after the first write every wake-up must find nothing due."""
+    lc, tap, chat, turn = await tapped_turn(turnstore_backend)
+    clock = FakeClock()
+    settings = KeepAliveSettings(interval_secs=0.001)
+    async with lc.keep_alive(chat.scope, turn.id, settings=settings, clock=clock) as ka:
+        await asyncio.wait_for(clock.read_often.wait(), timeout=30)
+        assert ka.writes == 1
+    assert tap.calls["update_progress_at"] == 1
 
 
 async def test_keep_alive_exit_propagates_the_body_error_and_leaves_no_task(
@@ -727,9 +748,12 @@ async def test_mutation_hook_error_rolls_everything_back(
     assert await running_of(turnstore_backend, chat) is None
 
 
+@pytest.mark.parametrize("host_commits", [False, True])
 async def test_retry_whose_insert_collides_writes_nothing(
-    turnstore_backend: BackendHarness,
+    turnstore_backend: BackendHarness, host_commits: bool
 ) -> None:
+    """The loser's insert comes before its delete, so even a host that catches the
+    conflict and commits its own transaction has not deleted the target."""
     store, tap = tapped(turnstore_backend)
     lc = TurnLifecycle(store)
     chat = Chat()
@@ -739,9 +763,22 @@ async def test_retry_whose_insert_collides_writes_nothing(
     async def start_a_turn_meanwhile() -> None:
         intruder.append(await started(lifecycle_of(turnstore_backend), chat))
 
-    tap.before["create_turn"] = start_a_turn_meanwhile
-    with pytest.raises(GenerationInProgressError):
+    async def retry() -> None:
         await lc.retry_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+
+    async def retry_in_host_transaction() -> None:
+        async with store.transaction() as runner:
+            with pytest.raises(GenerationInProgressError):
+                await lc.retry_turn(
+                    chat.scope, chat.chat_id, turn.request_id, chat.user_id, runner=runner
+                )
+
+    tap.before["create_turn"] = start_a_turn_meanwhile
+    if host_commits:
+        await retry_in_host_transaction()
+    else:
+        with pytest.raises(GenerationInProgressError):
+            await retry()
     assert (await reload(turnstore_backend, turn)).deleted_at is None
     assert await running_of(turnstore_backend, chat) == intruder[0]
 

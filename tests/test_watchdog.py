@@ -282,12 +282,15 @@ async def test_two_watchdogs_never_scan_at_once(turnstore_backend: BackendHarnes
     leader = OrphanWatchdog(store, SETTINGS, settlement_hook=slow_settle)
     follower = OrphanWatchdog(store, SETTINGS)
     sweep = asyncio.create_task(leader.run_once())
-    await asyncio.wait_for(in_settlement.wait(), timeout=30)
-    blocked = await follower.run_once()
-    assert not blocked.leader
-    assert blocked.detected == ()
-    assert not await follower.elect()
-    release.set()
+    try:
+        await asyncio.wait_for(in_settlement.wait(), timeout=30)
+        # A second scanner would wait on the row the leader's settlement holds: bound it.
+        blocked = await asyncio.wait_for(follower.run_once(), timeout=30)
+        assert not blocked.leader
+        assert blocked.detected == ()
+        assert not await follower.elect()
+    finally:
+        release.set()
     report = await sweep
     assert {t.id for t in report.finalized} == {first_orphan.id, second_orphan.id}
     assert await follower.elect()
