@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
@@ -96,22 +96,57 @@ def _substitute(value: Any, mapping: Mapping[Any, Any]) -> Any:
     return value
 
 
+#: Where a parameter comes from in a replay: a sentinel's name, or ``None`` for a constant.
+_Slot = tuple[str | None, Any]
+
+
+def _slots(params: Params | None, by_value: Mapping[UUID, str]) -> list[_Slot] | None:
+    """A per-parameter recipe, or ``None`` when a sentinel hides inside a list or a
+    mapping (then the generic substitution runs)."""
+    if params is None or isinstance(params, Mapping):
+        return None
+    slots: list[_Slot] = []
+    for value in params:
+        if isinstance(value, UUID) and value in by_value:
+            slots.append((by_value[value], None))
+        elif isinstance(value, (list, tuple)) and any(v in by_value for v in value):
+            return None
+        else:
+            slots.append((None, value))
+    return slots
+
+
 @dataclass(frozen=True)
 class Recording:
     """The statements of one call, with the sentinel values that vary per call."""
 
     statements: tuple[Statement, ...]
     sentinels: Mapping[str, UUID]
+    _recipes: tuple[list[_Slot] | None, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_value = {value: name for name, value in self.sentinels.items()}
+        recipes = tuple(_slots(st.params, by_value) for st in self.statements)
+        object.__setattr__(self, "_recipes", recipes)
 
     @property
     def queries(self) -> list[str]:
         return [s.query for s in self.statements]
 
     def params_for(self, values: Mapping[str, UUID]) -> list[Params | None]:
-        """Each statement's parameters with the sentinels replaced by ``values``."""
-        mapping = {self.sentinels[name]: value for name, value in values.items()}
+        """Each statement's parameters with the sentinels replaced by ``values``.
+
+        Kept lean (a list built from a precomputed recipe) so the baseline pays no more
+        than hand-written code building its parameter list.
+        """
         out: list[Params | None] = []
-        for st in self.statements:
+        mapping: dict[UUID, UUID] | None = None
+        for st, recipe in zip(self.statements, self._recipes, strict=True):
+            if recipe is not None:
+                out.append([values[name] if name is not None else c for name, c in recipe])
+                continue
+            if mapping is None:
+                mapping = {self.sentinels[name]: value for name, value in values.items()}
             if isinstance(st.params, Mapping):
                 out.append({k: _substitute(v, mapping) for k, v in st.params.items()})
             elif st.params is not None:
