@@ -118,7 +118,9 @@ def _translate(exc: BaseException) -> TurnStoreError | None:
     """The turnstore error a driver or pool error stands for, if any."""
     if isinstance(exc, UniqueViolation):
         return _unique_violation_error(exc)
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, psycopg.errors.PipelineAborted
+    ):
         state = exc.sqlstate
         if state is None or state.startswith("08") or state in _UNAVAILABLE_SQLSTATES:
             return StoreUnavailableError(f"PostgreSQL is unavailable: {exc}")
