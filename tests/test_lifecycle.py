@@ -5,7 +5,9 @@ including the races each rule exists for."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -833,3 +835,25 @@ def test_new_uuid7_is_version_7_and_time_ordered() -> None:
     assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
     stamps = [i.int >> 80 for i in ids]
     assert stamps == sorted(stamps)
+
+
+# --------------------------------------------------------------------------- docs
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
+
+
+async def test_docs_examples_run(turnstore_backend: BackendHarness) -> None:
+    """Every Python block of docs/lifecycle.md runs, and each ``example_*`` function it
+    defines passes against the backend's store."""
+    namespace: dict[str, Any] = {}
+    for block in re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S):
+        exec(compile(block, str(DOCS), "exec"), namespace)
+    examples = sorted(name for name in namespace if name.startswith("example_"))
+    assert examples == [
+        "example_a_turn",
+        "example_finalize_in_your_transaction",
+        "example_retry",
+        "example_watchdog",
+    ]
+    for name in examples:
+        await namespace[name](turnstore_backend.store)
