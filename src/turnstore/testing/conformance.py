@@ -1097,6 +1097,29 @@ class TestFindLatestForUpdate:
             f"(replaced {latest.id}, older {older.id})"
         )
 
+    async def test_an_empty_chat_is_locked_too(self, turnstore_backend: BackendHarness) -> None:
+        """The lock is on the chat, not only on its latest row: two transactions that both
+        find a chat empty and both mean to start its first turn are serialized."""
+        db = Backend(turnstore_backend)
+        params = make_params()
+        first_locked, release_first = asyncio.Event(), asyncio.Event()
+
+        async def first() -> Turn:
+            async with db.store.transaction() as runner:
+                assert await db.repo.find_latest_for_update(runner, ALLOW, params.chat_id) is None
+                first_locked.set()
+                await bounded(release_first.wait())
+                return await db.repo.create_turn(runner, ALLOW, params)
+
+        first_task = asyncio.create_task(first())
+        await bounded(first_locked.wait())
+        second_task = asyncio.create_task(db.latest_for_update(params.chat_id))
+        done, _ = await asyncio.wait({second_task}, timeout=BLOCK_PROBE_SECS)
+        assert not done, "a second locker of an empty chat got through while the first held it"
+        release_first.set()
+        created = await bounded(first_task)
+        assert await bounded(second_task) == created
+
     async def test_rollback_releases_the_lock(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)
         (turn,) = await db.chat_of(1)
