@@ -35,6 +35,7 @@ from turnstore.repository import TurnRepository, TurnStore
 from turnstore.scope import AccessScope
 from turnstore.testing import ManualClock
 from turnstore.testing.conformance import (
+    bounded,
     complete_params,
     make_params,
     ordered_ids,
@@ -137,7 +138,7 @@ async def test_second_finalizer_waits_and_rechecks(
     await (first.commit() if first_commits else first.rollback())
     # After a commit the re-check sees 'completed': no row. After a rollback the row is
     # still running: the waiter wins.
-    assert await task == (0 if first_commits else 1)
+    assert await bounded(task) == (0 if first_commits else 1)
     final = await reload(store, turn)
     assert final.state is (TurnState.COMPLETED if first_commits else TurnState.CANCELLED)
 
@@ -159,7 +160,7 @@ async def test_orphan_finalizer_rechecks_progress_renewed_while_it_waited(
     task = spawn(finalize())
     assert await is_blocked(task)
     await keeper.commit()
-    assert await task == 0
+    assert await bounded(task) == 0
     assert (await reload(store, turn)).state is TurnState.RUNNING
 
 
@@ -171,7 +172,7 @@ async def test_a_row_that_does_not_match_is_not_waited_for(store: InMemoryStore)
         # Terminal in the snapshot: no match, so no wait on the holder's lock.
         task = spawn(store.turns.update_progress_at(runner, ALLOW, turn.id))
         assert not await is_blocked(task)
-        assert await task == 0
+        assert await bounded(task) == 0
     await holder.commit()
 
 
@@ -189,7 +190,7 @@ async def test_a_repeated_delete_still_locks_the_row(store: InMemoryStore) -> No
     task = spawn(set_message())
     assert await is_blocked(task)
     await deleter.commit()
-    await task
+    await bounded(task)
     assert (await reload(store, turn)).replaced_by_request_id is None
 
 
@@ -230,9 +231,9 @@ async def test_insert_waits_for_an_uncommitted_conflicting_insert(
     await (first.commit() if first_commits else first.rollback())
     if first_commits:
         with pytest.raises(CONFLICTS[rule]):
-            await task
+            await bounded(task)
     else:
-        assert (await task).id == second_params.id
+        assert (await bounded(task)).id == second_params.id
 
 
 @pytest.mark.parametrize("first_commits", [True, False], ids=["commit", "rollback"])
@@ -252,10 +253,10 @@ async def test_insert_waits_for_the_running_turn_being_finalized(
     assert await is_blocked(task)
     await (finalizer.commit() if first_commits else finalizer.rollback())
     if first_commits:
-        assert (await task).id == params.id
+        assert (await bounded(task)).id == params.id
     else:
         with pytest.raises(GenerationInProgressError) as caught:
-            await task
+            await bounded(task)
         assert caught.value.running_turn_id == running.id
 
 
@@ -269,7 +270,7 @@ async def test_a_row_locked_for_update_does_not_make_inserts_wait(
         task = spawn(store.turns.create_turn(runner, ALLOW, make_params(chat_id=turn.chat_id)))
         assert not await is_blocked(task)
         with pytest.raises(GenerationInProgressError):
-            await task
+            await bounded(task)
     await locker.commit()
 
 
@@ -296,7 +297,7 @@ async def test_latest_for_update_after_a_writer_that_bypassed_the_chat_lock(
     task = spawn(lock_latest())
     assert await is_blocked(task)
     await writer.commit()
-    found = await task
+    found = await bounded(task)
     assert found is not None
     assert found.id == replacement.id
     assert found.id != older.id
@@ -316,11 +317,28 @@ async def test_latest_for_update_waits_on_a_row_held_by_a_plain_writer(
     task = spawn(lock_latest())
     assert await is_blocked(task)
     await writer.commit()
-    found = await task
+    found = await bounded(task)
     assert found is not None
     assert found.last_progress_at is not None
     assert turn.last_progress_at is not None
     assert found.last_progress_at > turn.last_progress_at  # the row as committed
+
+
+async def test_latest_for_update_serializes_a_chat_without_turns(store: InMemoryStore) -> None:
+    """The chat lock, not a row lock: nothing to lock yet, and still the second waits."""
+    params = make_params()
+    first = await Txn(store).__aenter__()
+    assert await store.turns.find_latest_for_update(first.runner, ALLOW, params.chat_id) is None
+
+    async def lock_latest() -> Turn | None:
+        async with store.transaction() as runner:
+            return await store.turns.find_latest_for_update(runner, ALLOW, params.chat_id)
+
+    task = spawn(lock_latest())
+    assert await is_blocked(task)
+    created = await store.turns.create_turn(first.runner, ALLOW, params)
+    await first.commit()
+    assert await bounded(task) == created
 
 
 async def test_latest_for_update_in_autocommit_releases_at_once(store: InMemoryStore) -> None:
@@ -330,7 +348,7 @@ async def test_latest_for_update_in_autocommit_releases_at_once(store: InMemoryS
     async with store.transaction() as runner:
         task = spawn(store.turns.find_latest_for_update(runner, ALLOW, turn.chat_id))
         assert not await is_blocked(task)
-        assert await task == turn
+        assert await bounded(task) == turn
         assert await store.turns.update_progress_at(runner, ALLOW, turn.id) == 1
 
 
@@ -351,7 +369,7 @@ async def test_latest_for_update_keeps_the_row_locked_until_the_end(
         locker.runner, ALLOW, terminal_params(turn, TurnState.CANCELLED)
     )
     await locker.commit()
-    assert await task == 0
+    assert await bounded(task) == 0
 
 
 # --- deadlocks ---------------------------------------------------------------------------
@@ -369,12 +387,12 @@ async def test_deadlock_fails_the_longest_waiter_and_aborts_its_transaction(
     assert await is_blocked(first_waits)
     second_waits = spawn(store.turns.update_progress_at(second.runner, ALLOW, a.id))
     with pytest.raises(DeadlockDetected):
-        await first_waits
+        await bounded(first_waits)
     assert await is_blocked(second_waits)  # still waiting: the victim holds its lock on a
     with pytest.raises(InFailedSqlTransaction):
         await store.turns.find_latest_turn(first.runner, ALLOW, a.chat_id)
     await first.commit()  # a failed transaction can only roll back
-    assert await second_waits == 1
+    assert await bounded(second_waits) == 1
     await second.commit()
     assert (await reload(store, a)).updated_at > a.updated_at
     assert (await reload(store, b)).updated_at > b.updated_at
@@ -409,6 +427,26 @@ async def test_latest_and_orphans_inside_a_transaction_see_its_own_writes(
         clock.advance(400)
         inside = await store.turns.find_orphan_candidates(runner, 300, 10)
         assert [t.id for t in inside] == [new.id, stale.id]  # by progress
+
+
+@pytest.mark.parametrize("end", ["finalize", "delete"])
+async def test_running_turn_ended_inside_a_transaction_is_gone_only_there(
+    store: InMemoryStore, end: str
+) -> None:
+    turn = await create(store)
+    async with store.transaction() as runner:
+        if end == "finalize":
+            await store.turns.cas_update_completed(runner, ALLOW, complete_params(turn))
+        else:
+            await store.turns.soft_delete(runner, ALLOW, turn.id, None)
+        assert await store.turns.find_running_by_chat_id(runner, ALLOW, turn.chat_id) is None
+        # The chat's running slot is free for this transaction's own next turn.
+        params = make_params(chat_id=turn.chat_id)
+        created = await store.turns.create_turn(runner, ALLOW, params)
+        assert await store.turns.find_running_by_chat_id(runner, ALLOW, turn.chat_id) == created
+        async with store.connection() as other:
+            outside = await store.turns.find_running_by_chat_id(other, ALLOW, turn.chat_id)
+            assert outside == turn
 
 
 async def test_orphan_scan_stops_at_the_limit_with_own_writes_merged(
@@ -470,8 +508,8 @@ async def test_calls_on_one_runner_are_serialized(store: InMemoryStore) -> None:
         read = spawn(store.turns.find_latest_turn(runner, ALLOW, turn.chat_id))
         assert await is_blocked(read)
         await holder.commit()
-        assert await blocked == 1
-        assert await read is not None
+        assert await bounded(blocked) == 1
+        assert await bounded(read) is not None
 
 
 # --- aliasing -----------------------------------------------------------------------------
@@ -546,6 +584,11 @@ async def test_lookups_do_not_walk_the_rows(
         lambda r: repo.find_orphan_candidates(r, 300, 3),
     ]
     async with store.connection() as runner:
+        for _ in range(50):  # running and fresh: the scan must stop before these
+            await repo.create_turn(runner, ALLOW, make_params())
+        orphan_checks = 0
+        assert len(await repo.find_orphan_candidates(runner, 300, 100)) == 10
+        assert orphan_checks == 11
         for lookup in lookups:
             permits_calls = orphan_checks = 0
             assert await lookup(runner) not in (None, [], 0)
