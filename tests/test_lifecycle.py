@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -33,7 +34,8 @@ from turnstore.lifecycle import (
     TurnLifecycle,
     new_uuid7,
 )
-from turnstore.model import Turn, TurnState
+from turnstore.model import RequesterType, Turn, TurnState
+from turnstore.rules import replaced_turn_rejection
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import BackendHarness
 
@@ -828,6 +830,35 @@ async def test_retry_racing_a_delete_of_the_turn_before_never_deletes_a_non_last
     assert info.value.latest_turn_id == result.new_turn.id
     assert (await reload(turnstore_backend, before)).deleted_at is None
     assert await latest_of(turnstore_backend, chat) == result.new_turn
+
+
+def test_replaced_turn_rejection_only_speaks_for_replaced_targets() -> None:
+    chat = Chat()
+    now = datetime.now(timezone.utc)
+    base = Turn(
+        id=uuid.uuid4(),
+        tenant_id=chat.tenant_id,
+        chat_id=chat.chat_id,
+        request_id=uuid.uuid4(),
+        requester_type=RequesterType.USER,
+        requester_user_id=chat.user_id,
+        state=TurnState.COMPLETED,
+        assistant_message_id=uuid.uuid4(),
+        started_at=now,
+        last_progress_at=now,
+        completed_at=now,
+        updated_at=now,
+    )
+    latest = base.model_copy(update={"id": uuid.uuid4(), "request_id": uuid.uuid4()})
+    deleted = base.model_copy(update={"deleted_at": now})
+    replaced = deleted.model_copy(update={"replaced_by_request_id": latest.request_id})
+    for target in (None, base, deleted):
+        assert replaced_turn_rejection(target, latest, chat.user_id) is None
+    conflict = replaced_turn_rejection(replaced, latest, chat.user_id)
+    assert isinstance(conflict, NotLatestTurnError)
+    assert conflict.latest_turn_id == latest.id
+    assert isinstance(replaced_turn_rejection(replaced, latest, uuid.uuid4()), ForbiddenError)
+    assert isinstance(replaced_turn_rejection(replaced, latest, None), ForbiddenError)
 
 
 def test_new_uuid7_is_version_7_and_time_ordered() -> None:
