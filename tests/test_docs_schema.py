@@ -25,7 +25,10 @@ async def catalog_names(dsn: str) -> dict[str, set[str]]:
     queries = {
         "column": "SELECT attname FROM pg_attribute WHERE attrelid = %(t)s::regclass"
         " AND attnum > 0 AND NOT attisdropped",
-        "constraint": "SELECT conname FROM pg_constraint WHERE conrelid = %(t)s::regclass",
+        # PostgreSQL 18 also catalogs NOT NULL as constraints (contype 'n'); the column
+        # table documents those.
+        "constraint": "SELECT conname FROM pg_constraint WHERE conrelid = %(t)s::regclass"
+        " AND contype <> 'n'",
         "index": "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %(t)s::regclass",
     }
     found: dict[str, set[str]] = {}
