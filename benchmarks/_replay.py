@@ -45,6 +45,8 @@ class Statement:
     binary: bool
     #: Sent inside ``conn.pipeline()``, batched with its neighbours in one round trip.
     pipelined: bool = False
+    #: Whether it returned rows (then a replay fetches them, as the library did).
+    returns_rows: bool = False
 
 
 class RecordingCursor(psycopg.AsyncCursor[Any]):
@@ -58,14 +60,20 @@ class RecordingCursor(psycopg.AsyncCursor[Any]):
         prepare: bool | None = None,
         binary: bool | None = None,
     ) -> RecordingCursor:
+        # Template queries (t-strings) take no parameters; turnstore sends none.
+        await super().execute(cast(Any, query), params, prepare=prepare, binary=binary)
         log = _LOG.get()
         if log is not None:
             text = _render(query, self.connection)
-            is_binary = binary if binary is not None else self.format == psycopg.pq.Format.BINARY
             pipelined = self.connection.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF
-            log.append(Statement(text, params, prepare, bool(is_binary), pipelined))
-        # Template queries (t-strings) take no parameters; turnstore sends none.
-        await super().execute(cast(Any, query), params, prepare=prepare, binary=binary)
+            is_binary = binary if binary is not None else self.format == psycopg.pq.Format.BINARY
+            # In a pipeline the result has not arrived yet; there a SELECT returns rows.
+            rows = (
+                text.lstrip().upper().startswith("SELECT")
+                if pipelined
+                else self.description is not None
+            )
+            log.append(Statement(text, params, prepare, bool(is_binary), pipelined, rows))
         return self
 
 
@@ -167,7 +175,7 @@ class Recording:
                 await _pipelined(conn, batch)
                 batch = []
             cur = await conn.execute(st.query, params, prepare=st.prepare, binary=st.binary)
-            if cur.description is not None:
+            if st.returns_rows:
                 await cur.fetchall()
         if batch:
             await _pipelined(conn, batch)
@@ -190,8 +198,8 @@ async def _pipelined(
     async with conn.pipeline():
         for cur, (st, params) in zip(cursors, batch, strict=True):
             await cur.execute(st.query, params, prepare=st.prepare, binary=st.binary)
-    for cur in cursors:
-        if cur.description is not None:
+    for cur, (st, _) in zip(cursors, batch, strict=True):
+        if st.returns_rows:
             await cur.fetchall()
 
 

@@ -584,7 +584,7 @@ async def replay_per_call(
         conn = await pool.getconn()
         try:
             cur = await conn.execute(st.query, params, prepare=st.prepare, binary=st.binary)
-            if cur.description is not None:
+            if st.returns_rows:
                 await cur.fetchall()
         finally:
             await pool.putconn(conn)
