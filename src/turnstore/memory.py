@@ -577,6 +577,13 @@ def _require_params(value: object, kind: type) -> None:
     _require("params", value, kind, kind.__name__)
 
 
+def _require_scope(scope: object) -> None:
+    """Checked after the other arguments, as the PostgreSQL backend compiles the scope
+    last: a scope of the wrong type is refused even when no row would be read."""
+    if not isinstance(scope, AccessScope):
+        raise InvalidParameterError(f"scope must be an AccessScope, got {type(scope).__name__}")
+
+
 def _keep_unless_given(new: Any, old: Any) -> Any:
     """``COALESCE(new, old)``: an optional parameter overwrites only when given."""
     return old if new is None else new
@@ -593,6 +600,7 @@ class InMemoryTurnRepository:
         self, runner: InMemoryConnection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
         _require_params(params, CreateTurnParams)
+        _require_scope(scope)
         if not scope.permits(params):
             raise ScopeDeniedError(params.id, params.tenant_id)
         async with _statement(runner) as (db, txn):
@@ -634,6 +642,7 @@ class InMemoryTurnRepository:
     ) -> Turn | None:
         _require_uuid("chat_id", chat_id)
         _require_uuid("request_id", request_id)
+        _require_scope(scope)
         async with _statement(runner) as (db, txn):
             turn_id = db.by_request.get((chat_id, request_id))
             turn = db.get(txn, turn_id) if turn_id is not None else None
@@ -643,6 +652,7 @@ class InMemoryTurnRepository:
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
         _require_uuid("chat_id", chat_id)
+        _require_scope(scope)
         async with _statement(runner) as (db, txn):
             turn = db.running_turn(txn, chat_id)
             return _out(turn) if turn is not None and scope.permits(turn) else None
@@ -651,6 +661,7 @@ class InMemoryTurnRepository:
         self, runner: InMemoryConnection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
         _require_params(params, CasTerminalParams)
+        _require_scope(scope)
         return await _update_count(
             runner,
             scope,
@@ -675,6 +686,7 @@ class InMemoryTurnRepository:
         self, runner: InMemoryConnection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
         _require_params(params, CasCompleteParams)
+        _require_scope(scope)
         return await _update_count(
             runner,
             scope,
@@ -700,6 +712,7 @@ class InMemoryTurnRepository:
     ) -> None:
         _require_uuid("turn_id", turn_id)
         _require_uuid("assistant_message_id", assistant_message_id)
+        _require_scope(scope)
         written = await _update(
             runner,
             scope,
@@ -720,6 +733,7 @@ class InMemoryTurnRepository:
         _require_uuid("turn_id", turn_id)
         if replaced_by_request_id is not None:
             _require_uuid("replaced_by_request_id", replaced_by_request_id)
+        _require_scope(scope)
 
         def first_delete_only(turn: Turn, now: datetime) -> dict[str, Any]:
             # A repeated delete changes no value but, like the UPDATE it stands for, still
@@ -739,6 +753,7 @@ class InMemoryTurnRepository:
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
         _require_uuid("chat_id", chat_id)
+        _require_scope(scope)
         async with _statement(runner) as (db, txn):
             return _out(db.latest_turn(txn, scope, chat_id))
 
@@ -746,6 +761,7 @@ class InMemoryTurnRepository:
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
     ) -> int:
         _require_uuid("turn_id", turn_id)
+        _require_scope(scope)
         return await _update_count(
             runner,
             scope,
@@ -789,6 +805,7 @@ class InMemoryTurnRepository:
         transaction that bypassed the chat lock replaced the row waited on, go again
         (as the PostgreSQL backend does, a bounded number of times)."""
         _require_uuid("chat_id", chat_id)
+        _require_scope(scope)
         async with _statement(runner) as (db, txn):
             await db.lock_chat(txn, chat_id)
             turn: Turn | None = None
@@ -803,6 +820,7 @@ class InMemoryTurnRepository:
         self, runner: InMemoryConnection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
         _require_params(params, UpdatePreflightParams)
+        _require_scope(scope)
         fields = params.model_dump(exclude={"turn_id"})
         return await _update_count(
             runner,
@@ -818,6 +836,7 @@ class InMemoryTurnRepository:
         _require_uuid("turn_id", turn_id)
         if tool not in _TOOLS:
             raise InvalidParameterError(f"tool must be a ToolCallType, got {tool!r}")
+        _require_scope(scope)
         counter = ToolCallType(tool).column
         await _update(
             runner,
