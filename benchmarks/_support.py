@@ -28,6 +28,7 @@ __all__ = [
     "RESULTS_DIR",
     "add_loop_argument",
     "add_server_arguments",
+    "benchmark_database",
     "fresh_database",
     "machine_info",
     "percentile",
@@ -113,6 +114,21 @@ def fresh_database(
             print(f"kept database {name}: {with_dbname(admin_dsn, name)}", file=sys.stderr)
         else:
             drop_database(admin_dsn, name)
+
+
+@contextmanager
+def benchmark_database(args: argparse.Namespace, prefix: str) -> Iterator[tuple[str, str]]:
+    """(admin DSN, DSN of a fresh database) as the ``add_server_arguments`` options ask."""
+    with (
+        server(args.dsn) as admin_dsn,
+        fresh_database(
+            admin_dsn,
+            prefix,
+            keep=args.keep_db,
+            synchronous_commit=args.synchronous_commit,
+        ) as dsn,
+    ):
+        yield admin_dsn, dsn
 
 
 def pgbench_binary(admin_dsn: str) -> str | None:

@@ -46,11 +46,10 @@ from benchmarks._replay import Recording, RecordingCursor, Statement, recording
 from benchmarks._support import (
     add_loop_argument,
     add_server_arguments,
-    fresh_database,
+    benchmark_database,
     machine_info,
     pgbench_binary,
     run_async,
-    server,
     summarize,
     write_results,
 )
@@ -906,15 +905,7 @@ def main(argv: list[str] | None = None) -> int:
     add_loop_argument(parser)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    with (
-        server(args.dsn) as admin_dsn,
-        fresh_database(
-            admin_dsn,
-            "turnstore_bench",
-            keep=args.keep_db,
-            synchronous_commit=args.synchronous_commit,
-        ) as dsn,
-    ):
+    with benchmark_database(args, "turnstore_bench") as (admin_dsn, dsn):
         machine = machine_info(admin_dsn)
         results = run_async(run(admin_dsn, dsn, settings, fake=not args.no_fake), args.loop)
     print_tables(results)

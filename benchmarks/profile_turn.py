@@ -24,9 +24,8 @@ import psycopg
 from benchmarks._support import (
     add_loop_argument,
     add_server_arguments,
-    fresh_database,
+    benchmark_database,
     run_async,
-    server,
 )
 from benchmarks.bench import (
     POOL_SIZE,
@@ -105,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     add_loop_argument(parser)
     args = parser.parse_args(argv)
-    with (
-        server(args.dsn) as admin_dsn,
-        fresh_database(
-            admin_dsn, "turnstore_profile", synchronous_commit=args.synchronous_commit
-        ) as dsn,
-    ):
+    with benchmark_database(args, "turnstore_profile") as (_, dsn):
         run_async(run(dsn, args.seconds, args.top), args.loop)
     return 0
 

@@ -29,9 +29,8 @@ from benchmarks._dataset import Dataset, DatasetShape, load
 from benchmarks._plans import PlanCapture, StatementPlan, enable_auto_explain, seq_scans, walk
 from benchmarks._support import (
     add_server_arguments,
-    fresh_database,
+    benchmark_database,
     machine_info,
-    server,
     write_results,
 )
 from turnstore import (
@@ -300,15 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         running=max(200, min(3_000, chats // 30)),
         stale=max(ORPHAN_LIMIT + 50, min(400, chats // 250)),
     )
-    with (
-        server(args.dsn) as admin_dsn,
-        fresh_database(
-            admin_dsn,
-            "turnstore_scale",
-            keep=args.keep_db,
-            synchronous_commit=args.synchronous_commit,
-        ) as dsn,
-    ):
+    with benchmark_database(args, "turnstore_scale") as (admin_dsn, dsn):
         machine = machine_info(admin_dsn)
         print(
             f"loading {shape.turns:,} turns, {shape.chats:,} chats, {shape.tenants} tenants, "
