@@ -74,7 +74,7 @@ _BASE = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROFILES: dict[str, settings] = {
     # What CI runs: well under a minute on two busy cores.
     "ci": settings(_BASE, max_examples=75, stateful_step_count=30),
-    # By hand, after touching either backend: about half an hour.
+    # By hand, after touching either backend: several minutes.
     "thorough": settings(_BASE, max_examples=1000, stateful_step_count=60),
 }
 
