@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -365,16 +365,45 @@ _SCOPE_MARK = "\x00scope\x00"
 _MAX_RELOCKS = 8
 _MAX_INSERT_ATTEMPTS = 8
 
+# Scope objects a repository keeps compiled; past this many it starts over (scopes are
+# per request, so an old one is rarely seen again).
+_SCOPE_CACHE_SIZE = 256
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class _Scoped:
-    """A statement split around its scope placeholder."""
+    """A statement split around its scope placeholder (hashed by identity: it is a key of
+    every ``_CompiledScope.rendered``)."""
 
     head: str
     tail: str
 
     def render(self, scope_sql: str) -> str:
         return self.head + scope_sql + self.tail
+
+
+class _CompiledScope:
+    """One scope object compiled once, with the statements rendered around it so far.
+
+    A host builds a scope per request and passes that object to every call of the request,
+    so compiling and rendering per scope object, not per call, leaves each call a dict
+    lookup; the same ``str`` object each time also keeps psycopg's query cache lookups
+    cheap (its hash is computed once).
+    """
+
+    __slots__ = ("params", "rendered", "scope", "sql")
+
+    def __init__(self, scope: AccessScope) -> None:
+        self.sql, self.params = compile_scope(scope)
+        # Held so that ``id(scope)``, the cache key, cannot be reused while cached.
+        self.scope = scope
+        self.rendered: dict[_Scoped, str] = {}
+
+    def statement(self, scoped: _Scoped) -> str:
+        text = self.rendered.get(scoped)
+        if text is None:
+            text = self.rendered[scoped] = scoped.render(self.sql)
+        return text
 
 
 def _render(template: str, schema: str, **identifiers: str) -> str:
@@ -436,6 +465,7 @@ class PostgresTurnRepository:
         "_latest_for_update",
         "_latest_id",
         "_lock_chat",
+        "_scopes",
         "_set_assistant_message",
         "_soft_delete",
         "_update_preflight",
@@ -467,34 +497,47 @@ class PostgresTurnRepository:
             tool: _render_scoped(_INCREMENT_TOOL, schema, counter=tool.column)
             for tool in ToolCallType
         }
+        self._scopes: dict[int, _CompiledScope] = {}
 
     def __repr__(self) -> str:
         return f"PostgresTurnRepository(schema={self.schema!r})"
+
+    def _compiled(self, scope: AccessScope) -> _CompiledScope:
+        """``scope`` compiled (``compile_scope``), from the cache when this very object was
+        compiled before; an ``InvalidParameterError`` for anything but an ``AccessScope``."""
+        compiled = self._scopes.get(id(scope))
+        if compiled is not None and compiled.scope is scope:
+            return compiled
+        compiled = _CompiledScope(scope)
+        if len(self._scopes) >= _SCOPE_CACHE_SIZE:
+            self._scopes.clear()
+        self._scopes[id(scope)] = compiled
+        return compiled
 
     async def _one(
         self, conn: Connection, statement: _Scoped, scope: AccessScope, head: tuple[Any, ...]
     ) -> Turn | None:
         """Run a scoped SELECT; ``head`` are the parameters before the scope's."""
-        scope_sql, scope_params = compile_scope(scope)
+        compiled = self._compiled(scope)
         with _driver_errors:
             cur = conn.cursor(row_factory=_turn_rows)
-            await cur.execute(statement.render(scope_sql), head + scope_params)
+            await cur.execute(compiled.statement(statement), head + compiled.params)
             return await cur.fetchone()
 
     async def _count(
         self, conn: Connection, statement: _Scoped, scope: AccessScope, head: tuple[Any, ...]
     ) -> int:
         """Run a scoped UPDATE; return the rows it changed."""
-        scope_sql, scope_params = compile_scope(scope)
+        compiled = self._compiled(scope)
         with _driver_errors:
-            cur = await conn.execute(statement.render(scope_sql), head + scope_params)
+            cur = await conn.execute(compiled.statement(statement), head + compiled.params)
         return cur.rowcount
 
     async def create_turn(
         self, runner: Connection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
         _check_params("params", params, CreateTurnParams)
-        scope_sql, scope_params = compile_scope(scope)
+        compiled = self._compiled(scope)
         if not scope.permits(params):
             raise ScopeDeniedError(params.id, params.tenant_id)
         values = (
@@ -513,15 +556,6 @@ class PostgresTurnRepository:
             params.minimal_generation_floor_applied,
             params.web_search_enabled,
         )
-        classify = self._classify.render(scope_sql)
-        classify_params = (
-            params.id,
-            params.chat_id,
-            params.request_id,
-            params.chat_id,
-            *scope_params,
-            params.chat_id,
-        )
         with _driver_errors:
             for _ in range(_MAX_INSERT_ATTEMPTS):
                 inserted = runner.cursor(row_factory=_turn_rows)
@@ -529,7 +563,17 @@ class PostgresTurnRepository:
                 turn = await inserted.fetchone()
                 if turn is not None:
                     return turn
-                cur = await runner.cursor().execute(classify, classify_params)
+                classify_params = (
+                    params.id,
+                    params.chat_id,
+                    params.request_id,
+                    params.chat_id,
+                    *compiled.params,
+                    params.chat_id,
+                )
+                cur = await runner.cursor().execute(
+                    compiled.statement(self._classify), classify_params
+                )
                 row = await cur.fetchone()
                 assert row is not None
                 id_taken, existing_id, running_id, running_permitted = row
@@ -645,10 +689,10 @@ class PostgresTurnRepository:
         All three statements go out in one round trip (pipeline mode).
         """
         _check_uuid("chat_id", chat_id)
-        scope_sql, scope_params = compile_scope(scope)
-        select = self._latest_for_update.render(scope_sql)
-        verify = self._latest_id.render(scope_sql)
-        select_params = (chat_id, *scope_params)
+        compiled = self._compiled(scope)
+        select = compiled.statement(self._latest_for_update)
+        verify = compiled.statement(self._latest_id)
+        select_params = (chat_id, *compiled.params)
         with _driver_errors:
             lock_params: tuple[Any, ...] | None = (chat_id,)
             turn: Turn | None = None
@@ -911,6 +955,51 @@ async def _migrate_locked(
 # ---------------------------------------------------------------------------------------
 
 
+class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
+    """``PostgresStore.connection()``: a pooled connection in autocommit for one block.
+
+    A class rather than an ``@asynccontextmanager`` generator: every keep-alive write and
+    every single-statement call goes through it, and a plain object costs a few
+    microseconds less per use.
+    """
+
+    __slots__ = ("_conn", "_pool", "_switched")
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._switched = False
+
+    async def __aenter__(self) -> Connection:
+        pool = self._pool
+        with _driver_errors:
+            conn: Connection = await pool.getconn()
+        if not conn.autocommit:
+            # A host pool's connection: switched for the block, switched back on exit.
+            try:
+                with _driver_errors:
+                    await conn.set_autocommit(True)
+            except BaseException:
+                await pool.putconn(conn)
+                raise
+            self._switched = True
+        self._conn = conn
+        return conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        try:
+            if self._switched and not conn.closed:
+                with _driver_errors:
+                    await conn.set_autocommit(False)
+        finally:
+            await self._pool.putconn(conn)
+
+
 class PostgresStore:
     """A ``TurnStore`` over a psycopg-pool ``AsyncConnectionPool``.
 
@@ -990,24 +1079,10 @@ class PostgresStore:
             conn: Connection = await self._pool.getconn()
         return conn
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
+    def connection(self) -> AbstractAsyncContextManager[Connection]:
         """A pooled connection in autocommit (a host pool's connection is switched to
         autocommit for the duration and switched back)."""
-        conn = await self._acquire()
-        try:
-            with _driver_errors:
-                switched = not conn.autocommit
-                if switched:
-                    await conn.set_autocommit(True)
-            try:
-                yield conn
-            finally:
-                if switched and not conn.closed:
-                    with _driver_errors:
-                        await conn.set_autocommit(False)
-        finally:
-            await self._pool.putconn(conn)
+        return _AutocommitConnection(self._pool)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
