@@ -158,6 +158,18 @@ class _DriverErrorBoundary:
 
 _driver_errors = _DriverErrorBoundary()
 
+
+def _raise_translated(exc: Exception) -> None:
+    """In an ``except`` block: raise the turnstore error ``exc`` stands for, chained; return
+    (so the caller re-raises ``exc``) when it stands for none. The same mapping as
+    ``_driver_errors``, for hot paths where a ``try`` costs nothing until something fails."""
+    if isinstance(exc, TurnStoreError):
+        return
+    mapped = _translate(exc)
+    if mapped is not None:
+        raise mapped from exc
+
+
 # ---------------------------------------------------------------------------------------
 # Rows
 # ---------------------------------------------------------------------------------------
@@ -514,23 +526,38 @@ class PostgresTurnRepository:
         self._scopes[id(scope)] = compiled
         return compiled
 
+    # ``_one`` and ``_count`` run nearly every statement, so they spell out the cache hit
+    # of ``_compiled`` and use ``try`` (free when nothing is raised) for the error boundary.
+
     async def _one(
         self, conn: Connection, statement: _Scoped, scope: AccessScope, head: tuple[Any, ...]
     ) -> Turn | None:
         """Run a scoped SELECT; ``head`` are the parameters before the scope's."""
-        compiled = self._compiled(scope)
-        with _driver_errors:
+        compiled = self._scopes.get(id(scope))
+        if compiled is None or compiled.scope is not scope:
+            compiled = self._compiled(scope)
+        query = compiled.rendered.get(statement) or compiled.statement(statement)
+        try:
             cur = conn.cursor(row_factory=_turn_rows)
-            await cur.execute(compiled.statement(statement), head + compiled.params)
+            await cur.execute(query, head + compiled.params)
             return await cur.fetchone()
+        except Exception as exc:
+            _raise_translated(exc)
+            raise
 
     async def _count(
         self, conn: Connection, statement: _Scoped, scope: AccessScope, head: tuple[Any, ...]
     ) -> int:
         """Run a scoped UPDATE; return the rows it changed."""
-        compiled = self._compiled(scope)
-        with _driver_errors:
-            cur = await conn.execute(compiled.statement(statement), head + compiled.params)
+        compiled = self._scopes.get(id(scope))
+        if compiled is None or compiled.scope is not scope:
+            compiled = self._compiled(scope)
+        query = compiled.rendered.get(statement) or compiled.statement(statement)
+        try:
+            cur = await conn.execute(query, head + compiled.params)
+        except Exception as exc:
+            _raise_translated(exc)
+            raise
         return cur.rowcount
 
     async def create_turn(
@@ -971,8 +998,11 @@ class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
 
     async def __aenter__(self) -> Connection:
         pool = self._pool
-        with _driver_errors:
+        try:
             conn: Connection = await pool.getconn()
+        except Exception as exc:
+            _raise_translated(exc)
+            raise
         if not conn.autocommit:
             # A host pool's connection: switched for the block, switched back on exit.
             try:
