@@ -242,6 +242,7 @@ class KeepAlive(Generic[RunnerT]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._turns = store.turns
         self._scope = scope
         self._turn_id = turn_id
         self._settings = settings
@@ -315,9 +316,7 @@ class KeepAlive(Generic[RunnerT]):
             previous, self._last_write = self._last_write, self._clock()
             try:
                 async with self._store.connection() as runner:
-                    rows = await self._store.turns.update_progress_at(
-                        runner, self._scope, self._turn_id
-                    )
+                    rows = await self._turns.update_progress_at(runner, self._scope, self._turn_id)
             except BaseException:
                 self._last_write = previous
                 raise
