@@ -14,8 +14,13 @@ conflicts, reused turn ids and out-of-scope rows are frequent; scopes of every s
 (allow-all, deny-all, per tenant, per resource, unknown properties, ORs of constraints);
 autocommit calls; transactions that commit or roll back, with reads from outside the
 transaction in between; time moving forward and orphan sweeps; and a few calls with bad
-arguments. After every step the whole table is compared, at most one running turn per chat
-is checked on both, and ``find_latest_turn`` under allow-all must agree for every chat.
+arguments. Ids are drawn so that calls often aim at a turn in a given state (running,
+finished, deleted, deleted while running) or at the turn and chat the previous call touched.
+
+After every step the whole table is compared, at most one running turn per chat is checked
+on both, and ``find_latest_turn`` under allow-all must agree for every chat; the same checks
+run at the end of every transaction, through its own connections, before it commits or
+rolls back.
 
 Hypothesis state machines are synchronous: the async backends run on one event loop made
 for the test, which also owns the PostgreSQL pool. Each example starts from an empty table
@@ -140,13 +145,20 @@ def _seen(attribute: str, otherwise: st.SearchStrategy[UUID]) -> st.SearchStrate
 _chats = _weighted(
     (3, _seen("recent_chats", _any_chat)), (2, _seen("busy_chats", _any_chat)), (1, _any_chat)
 )
+_stored_turn_ids = _seen("stored_ids", _new_turn_ids)
+#: Turn ids, spread over the states a row can be in (running or not, deleted or not).
 _turn_ids = _weighted(
-    (3, _seen("recent_ids", _new_turn_ids)),
-    (2, _seen("running_ids", _new_turn_ids)),
-    (2, _seen("stored_ids", _new_turn_ids)),
+    (3, _seen("recent_ids", _stored_turn_ids)),
+    (1, _seen("running_ids", _stored_turn_ids)),
+    # Deleted yet running: the edge of most predicates (the repository allows it).
+    (3, _seen("deleted_running_ids", _stored_turn_ids)),
+    (1, _seen("finished_ids", _stored_turn_ids)),
+    (1, _seen("deleted_ids", _stored_turn_ids)),
     (1, created),
     (1, _new_turn_ids),
 )
+#: Half the time a running turn: deleting one makes a row that is running yet deleted.
+_running_or_any = _weighted((1, _seen("running_ids", _turn_ids)), (1, _turn_ids))
 _scoped_tenants = _pool((*TENANTS, STRANGER))
 _message_ids = _pool(tuple(UUID(int=0x3E5000 + n) for n in range(3)))
 _timeouts = _pool(TIMEOUTS)
@@ -236,7 +248,7 @@ _calls = _weighted(
     (2, _call("cas_update_state", _scopes, cas_terminal_params(turn_ids=_turn_ids))),
     (2, _call("cas_update_completed", _scopes, cas_complete_params(turn_ids=_turn_ids))),
     (1, _call("set_assistant_message_id", _scopes, _turn_ids, _message_ids)),
-    (2, _call("soft_delete", _scopes, _turn_ids, st.none() | _requests)),
+    (2, _call("soft_delete", _scopes, _running_or_any, st.none() | _requests)),
     (2, _call("update_progress_at", _scopes, _turn_ids)),
     (2, _call("cas_finalize_orphan", _turn_ids, _timeouts)),
     (2, _call("find_latest_for_update", _scopes, _chats)),
@@ -332,6 +344,9 @@ class DifferentialMachine(RuleBasedStateMachine):
         # What the fake's table held after the last step, for the strategies to aim at.
         self.stored_ids: list[UUID] = []
         self.running_ids: list[UUID] = []
+        self.deleted_running_ids: list[UUID] = []
+        self.finished_ids: list[UUID] = []
+        self.deleted_ids: list[UUID] = []
         self.busy_chats: list[UUID] = []
         # The turns and chats the last few calls named or returned.
         self.recent_ids: list[UUID] = []
@@ -422,6 +437,19 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.recent_ids = _newest(self.recent_ids, ids)
         self.recent_chats = _newest(self.recent_chats, chats)
 
+    def _note_states(self, turns: list[Turn]) -> None:
+        """Sort the fake's rows by state, for the strategies to aim at each kind."""
+
+        def ids(keep: Callable[[Turn], bool]) -> list[UUID]:
+            return sorted(t.id for t in turns if keep(t))
+
+        self.stored_ids = ids(lambda t: True)
+        self.running_ids = ids(rules.holds_running_slot)
+        self.deleted_running_ids = ids(lambda t: t.state is TurnState.RUNNING and t.is_deleted)
+        self.finished_ids = ids(lambda t: t.is_terminal and not t.is_deleted)
+        self.deleted_ids = ids(lambda t: t.is_terminal and t.is_deleted)
+        self.busy_chats = sorted({t.chat_id for t in turns})
+
     # -- running calls --------------------------------------------------------------------
 
     @staticmethod
@@ -458,6 +486,10 @@ class DifferentialMachine(RuleBasedStateMachine):
                         fake = await self._invoke(self.mem, mem_runner, call)
                         pg = await self._invoke(self.pg, pg_runner, call)
                     created += self._compare(call, fake, pg)
+                # What the transaction wrote, seen from inside, before it commits or
+                # rolls back (a rollback would hide a difference from the invariants).
+                await self._compare_tables(mem_runner, pg_runner, "inside the transaction")
+                await self._compare_latest(mem_runner, pg_runner, "inside the transaction")
                 if not commit:
                     raise _Rollback
         except _Rollback:
@@ -489,58 +521,67 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     # -- invariants -----------------------------------------------------------------------
 
-    async def _fake_rows(self) -> dict[tuple[UUID, UUID], Turn]:
-        """Every row of the fake: a turn's (chat, request) is unique and from the pools."""
+    async def _fake_rows(self, runner: Any) -> dict[tuple[UUID, UUID], Turn]:
+        """Every row of the fake as ``runner`` sees it: a turn's (chat, request) is unique
+        and drawn from the pools, so looking up every pair finds them all."""
         rows: dict[tuple[UUID, UUID], Turn] = {}
         everything = AccessScope.allow_all()
-        async with self.mem.connection() as runner:
-            for chat_id in CHATS:
-                for request_id in REQUESTS:
-                    turn = await self.mem.turns.find_by_chat_and_request_id(
-                        runner, everything, chat_id, request_id
-                    )
-                    if turn is not None:
-                        rows[(chat_id, request_id)] = turn
+        for chat_id in CHATS:
+            for request_id in REQUESTS:
+                turn = await self.mem.turns.find_by_chat_and_request_id(
+                    runner, everything, chat_id, request_id
+                )
+                if turn is not None:
+                    rows[(chat_id, request_id)] = turn
         return rows
 
-    async def _pg_rows(self) -> dict[tuple[UUID, UUID], Turn]:
-        """Every row of the PostgreSQL table, read past the repository."""
-        async with self.pg.connection() as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(sql.SQL("SELECT * FROM {}").format(self.table))
-            turns = [Turn.model_validate(row) for row in await cur.fetchall()]
+    async def _pg_rows(self, conn: Any) -> dict[tuple[UUID, UUID], Turn]:
+        """Every row of the PostgreSQL table as ``conn`` sees it, read past the repository."""
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(sql.SQL("SELECT * FROM {}").format(self.table))
+        turns = [Turn.model_validate(row) for row in await cur.fetchall()]
         return {(t.chat_id, t.request_id): t for t in turns}
 
-    async def _latest(self, store: Any) -> list[Turn | None]:
+    async def _compare_tables(self, mem_runner: Any, pg_conn: Any, where: str) -> list[Turn]:
+        """Assert that both tables hold the same rows; return the fake's."""
+        fake_rows = await self._fake_rows(mem_runner)
+        pg_rows = await self._pg_rows(pg_conn)
+        assert sorted(fake_rows) == sorted(pg_rows), (
+            f"{where}: different (chat, request) keys: fake {sorted(fake_rows)}, "
+            f"PostgreSQL {sorted(pg_rows)}"
+        )
+        for key in sorted(fake_rows):
+            self._compare_turns(fake_rows[key], pg_rows[key], f"{where}: row {key}")
+        for name, rows in (("fake", fake_rows), ("PostgreSQL", pg_rows)):
+            running = Counter(t.chat_id for t in rows.values() if rules.holds_running_slot(t))
+            assert all(n <= 1 for n in running.values()), f"{where}: {name}: running {running}"
+        return list(fake_rows.values())
+
+    async def _compare_committed_tables(self) -> list[Turn]:
+        async with self.mem.connection() as mem_runner, self.pg.connection() as pg_conn:
+            return await self._compare_tables(mem_runner, pg_conn, "stored")
+
+    async def _compare_latest(self, mem_runner: Any, pg_conn: Any, where: str) -> None:
+        """Assert that ``find_latest_turn`` under allow-all agrees for every chat."""
         everything = AccessScope.allow_all()
-        async with store.connection() as runner:
-            return [await store.turns.find_latest_turn(runner, everything, c) for c in CHATS]
+        for chat_id in CHATS:
+            fake = await self.mem.turns.find_latest_turn(mem_runner, everything, chat_id)
+            pg = await self.pg.turns.find_latest_turn(pg_conn, everything, chat_id)
+            self._compare_turns(fake, pg, f"{where}: latest turn of chat {chat_id}")
+
+    async def _compare_committed_latest(self) -> None:
+        async with self.mem.connection() as mem_runner, self.pg.connection() as pg_conn:
+            await self._compare_latest(mem_runner, pg_conn, "stored")
 
     @invariant()
     def same_rows_everywhere(self) -> None:
         """The two tables hold the same rows, and both keep one running turn per chat."""
-        fake_rows = self._run(self._fake_rows())
-        pg_rows = self._run(self._pg_rows())
-        assert sorted(fake_rows) == sorted(pg_rows), (
-            f"different (chat, request) keys stored: fake {sorted(fake_rows)}, "
-            f"PostgreSQL {sorted(pg_rows)}"
-        )
-        for key in sorted(fake_rows):
-            self._compare_turns(fake_rows[key], pg_rows[key], f"stored row {key}")
-        self.stored_ids = sorted(t.id for t in fake_rows.values())
-        self.running_ids = sorted(t.id for t in fake_rows.values() if t.state is TurnState.RUNNING)
-        self.busy_chats = sorted({t.chat_id for t in fake_rows.values()})
-        for name, rows in (("fake", fake_rows), ("PostgreSQL", pg_rows)):
-            running = Counter(t.chat_id for t in rows.values() if rules.holds_running_slot(t))
-            assert all(n <= 1 for n in running.values()), f"{name}: running turns {running}"
+        self._note_states(self._run(self._compare_committed_tables()))
 
     @invariant()
     def same_latest_turn_of_every_chat(self) -> None:
         """``find_latest_turn`` under allow-all agrees for every chat."""
-        fake_latest = self._run(self._latest(self.mem))
-        pg_latest = self._run(self._latest(self.pg))
-        for chat_id, fake, pg in zip(CHATS, fake_latest, pg_latest, strict=True):
-            self._compare_turns(fake, pg, f"latest turn of chat {chat_id}")
+        self._run(self._compare_committed_latest())
 
 
 _TURN_ID_SET = frozenset(TURN_IDS)
