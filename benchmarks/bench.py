@@ -697,15 +697,21 @@ async def updates_delta(
 
 
 async def bench_hot(
-    store: PostgresStore, fixtures: Fixtures, observer: Conn, n: int
+    store: PostgresStore, fixtures: Fixtures, observer: Conn, n: int, *, shuffle: bool = True
 ) -> dict[str, Any]:
-    """Keep-alive writes on ``n`` concurrent streams, 20 each, round robin."""
+    """Keep-alive writes on ``n`` concurrent streams, 20 each, round robin.
+
+    Each round touches every stream once, in a random order: concurrent writers land on
+    random pages, as streams that started at different times do. ``shuffle=False`` keeps
+    insertion order instead, so the eight writers hit adjacent rows (the same page): the
+    worst case for pruning, which needs the page to itself.
+    """
     turns = await fixtures.running(n)
     repo = store.turns
-    # Each round touches every stream once, in a random order: concurrent writers land on
-    # random pages, as streams that started at different times do.
     rng = random.Random(5)
-    inputs = [v for _ in range(KEEP_ALIVES) for v in rng.sample(turns, len(turns))]
+    inputs = [
+        v for _ in range(KEEP_ALIVES) for v in (rng.sample(turns, len(turns)) if shuffle else turns)
+    ]
     async with held(store.pool, POOL_SIZE) as conns:
         await updates_delta(observer, [*conns, observer], (0, 0), 0)
         before = await _table_updates(observer)
@@ -721,6 +727,7 @@ async def bench_hot(
         "n_tup_hot_upd_delta": hot,
         "hot_share": hot / upd if upd else 0.0,
         "streams": n,
+        "shuffled": shuffle,
     }
 
 
