@@ -626,13 +626,15 @@ class InMemoryTurnRepository:
         db: _Database, txn: _Txn, scope: AccessScope, params: CreateTurnParams
     ) -> TurnStoreError:
         """Which rule refused the row, in the PostgreSQL backend's order: the id, the
-        idempotency key (whatever the scope), then the chat's running turn (its id only
-        when the scope permits it)."""
+        idempotency key, then the chat's running turn; an error names the conflicting turn
+        only when the scope permits it."""
         if db.get(txn, params.id) is not None:
             return DuplicateTurnIdError(params.id)
         holder_id = db.by_request.get((params.chat_id, params.request_id))
-        if holder_id is not None and db.get(txn, holder_id) is not None:
-            return DuplicateRequestError(params.chat_id, params.request_id, holder_id)
+        holder = db.get(txn, holder_id) if holder_id is not None else None
+        if holder is not None:
+            shown = holder.id if scope.permits(holder) else None
+            return DuplicateRequestError(params.chat_id, params.request_id, shown)
         running = db.running_turn(txn, params.chat_id)
         running_id = running.id if running is not None and scope.permits(running) else None
         return GenerationInProgressError(params.chat_id, running_id)

@@ -281,8 +281,10 @@ _CLASSIFY_CONFLICT = (
     " (SELECT id FROM {turns} WHERE chat_id = %s AND request_id = %s),"
     " (SELECT id FROM {turns}"
     "   WHERE chat_id = %s AND state = 'running' AND deleted_at IS NULL),"
-    " (SELECT {scope} FROM {turns}"
-    "   WHERE chat_id = %s AND state = 'running' AND deleted_at IS NULL)"
+    # The ids of those two rows that the caller's scope permits: an error names a turn
+    # only when the caller could have read it.
+    " ARRAY(SELECT id FROM {turns} WHERE chat_id = %s"
+    "   AND (request_id = %s OR (state = 'running' AND deleted_at IS NULL)) AND ({scope}))"
 )
 
 _FIND_BY_REQUEST = (
@@ -595,22 +597,27 @@ class PostgresTurnRepository:
                     params.chat_id,
                     params.request_id,
                     params.chat_id,
-                    *compiled.params,
                     params.chat_id,
+                    params.request_id,
+                    *compiled.params,
                 )
                 cur = await runner.cursor().execute(
                     compiled.statement(self._classify), classify_params
                 )
                 row = await cur.fetchone()
                 assert row is not None
-                id_taken, existing_id, running_id, running_permitted = row
+                id_taken, existing_id, running_id, permitted = row
                 if id_taken:
                     raise DuplicateTurnIdError(params.id)
                 if existing_id is not None:
-                    raise DuplicateRequestError(params.chat_id, params.request_id, existing_id)
+                    raise DuplicateRequestError(
+                        params.chat_id,
+                        params.request_id,
+                        existing_id if existing_id in permitted else None,
+                    )
                 if running_id is not None:
                     raise GenerationInProgressError(
-                        params.chat_id, running_id if running_permitted else None
+                        params.chat_id, running_id if running_id in permitted else None
                     )
                 # The conflicting row was gone by the time we looked (its transaction
                 # rolled back, or the running turn was finalized): try again.

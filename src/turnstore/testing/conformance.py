@@ -360,6 +360,18 @@ class TestCreateTurn:
                 await db.repo.create_turn(runner, AccessScope.for_tenant(params.tenant_id), params)
         assert info.value.running_turn_id is None
 
+    async def test_duplicate_request_out_of_scope_is_not_named(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        db = Backend(turnstore_backend)
+        first = await db.finish(await db.create(), TurnState.COMPLETED)
+        params = make_params(chat_id=first.chat_id, request_id=first.request_id)
+        async with db.store.connection() as runner:
+            with pytest.raises(DuplicateRequestError) as info:
+                await db.repo.create_turn(runner, AccessScope.for_tenant(params.tenant_id), params)
+        assert info.value.existing_turn_id is None
+        assert (info.value.chat_id, info.value.request_id) == (first.chat_id, first.request_id)
+
     @pytest.mark.parametrize(
         "end", ["completed", "failed", "cancelled", "deleted"], ids=lambda e: f"after_{e}"
     )
