@@ -61,7 +61,8 @@ class ScopeDeniedError(TurnStoreError):
 class DuplicateRequestError(TurnStoreError):
     """A turn with this ``(chat_id, request_id)`` already exists (deleted turns included).
 
-    This is the ``request_id_conflict`` outcome of spec section 6.
+    This is the ``request_id_conflict`` outcome of spec section 6. ``existing_turn_id``
+    names the turn holding the key only when the caller's scope permits that turn.
     """
 
     code = "request_id_conflict"
