@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import functools
 import itertools
 import random
@@ -734,8 +735,11 @@ async def bench_hot(
 # --------------------------------------------------------------------------- the fake
 
 
-async def bench_fake(settings: Settings) -> dict[str, Any]:
-    """Typical turns per second on ``InMemoryStore`` holding ``fake_turns`` turns."""
+async def bench_fake(
+    settings: Settings, *, profile: cProfile.Profile | None = None
+) -> dict[str, Any]:
+    """Typical turns per second on ``InMemoryStore`` holding ``fake_turns`` turns;
+    ``profile``, when given, is enabled around the measured turns only."""
     store = InMemoryStore()
     repo = store.turns
     tenant, user = uuid.uuid4(), uuid.uuid4()
@@ -772,15 +776,23 @@ async def bench_fake(settings: Settings) -> dict[str, Any]:
     ]
     latencies: list[float] = []
     perf = time.perf_counter
+    if profile is not None:
+        profile.enable()
+    cpu = time.process_time()
     start = perf()
     for v in values:
         t0 = perf()
         await typical_turn(lifecycle, v, user)
         latencies.append(perf() - t0)
     wall = perf() - start
+    cpu = time.process_time() - cpu
+    if profile is not None:
+        profile.disable()
     return {
         "stored_turns": settings.fake_turns,
         "load_seconds": load_s,
+        # Process CPU per turn: steadier than wall time on a shared machine.
+        "cpu_us_per_turn": cpu / len(values) * 1e6,
         "typical_turn": summarize(latencies, wall, len(values)),
     }
 
