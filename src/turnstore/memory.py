@@ -22,7 +22,6 @@ lookup walks all rows. Stored rows are never handed out: callers get copies.
 from __future__ import annotations
 
 import asyncio
-import copy
 from bisect import bisect_left, insort
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -160,20 +159,46 @@ class _Row:
     holder: _Txn | None = None
 
 
-def _evolve(turn: Turn, **changes: Any) -> Turn:
-    """A copy of ``turn`` with ``changes``: the fake's UPDATE.
+_TURN_FIELDS = frozenset(Turn.model_fields)
+_CREATE_FIELDS = tuple(CreateTurnParams.model_fields)
+#: Every field in the model's order, holding the column defaults ``create_turn`` leaves.
+_INSERT_TEMPLATE: dict[str, Any] = {
+    name: None if field.is_required() else field.default
+    for name, field in Turn.model_fields.items()
+}
+_new_turn = Turn.__new__
+_set = object.__setattr__
 
-    The values come from validated parameter models or the clock, so the model's
-    validation is not run again (it would cost more than the rest of a call).
+
+def _build_turn(data: dict[str, Any]) -> Turn:
+    """A ``Turn`` holding ``data`` (every field, already of the field's type), unvalidated.
+
+    Every value comes from a validated parameter model, a stored row or the clock, so the
+    model's validation is not run again (it would cost more than the rest of a call). The
+    result is the same as the PostgreSQL backend's rows: all fields set, no extras.
     """
-    new = copy.copy(turn)
-    new.__dict__.update(changes)
-    return new
+    turn = _new_turn(Turn)
+    _set(turn, "__dict__", data)
+    _set(turn, "__pydantic_fields_set__", set(_TURN_FIELDS))
+    _set(turn, "__pydantic_extra__", None)
+    _set(turn, "__pydantic_private__", None)
+    return turn
+
+
+def _evolve(turn: Turn, changes: dict[str, Any]) -> Turn:
+    """A new version of ``turn`` with ``changes``: the fake's UPDATE."""
+    data = turn.__dict__.copy()
+    data.update(changes)
+    return _build_turn(data)
+
+
+def _copy(turn: Turn) -> Turn:
+    """A copy for the caller, so that nothing a caller does can reach a stored row."""
+    return _build_turn(turn.__dict__.copy())
 
 
 def _out(turn: Turn | None) -> Turn | None:
-    """A copy for the caller, so that nothing a caller does can reach a stored row."""
-    return None if turn is None else copy.copy(turn)
+    return None if turn is None else _copy(turn)
 
 
 def _remove_key(keys: list[_Key], key: _Key) -> None:
@@ -584,6 +609,18 @@ def _require_scope(scope: object) -> None:
         raise InvalidParameterError(f"scope must be an AccessScope, got {type(scope).__name__}")
 
 
+def _inserted_turn(params: CreateTurnParams, now: datetime) -> Turn:
+    """The row ``create_turn`` inserts: the parameters' fields (a subclass's extras are
+    not columns), the columns' defaults, ``running``, and the statement's clock reading."""
+    given = params.__dict__
+    data = _INSERT_TEMPLATE.copy()
+    for name in _CREATE_FIELDS:
+        data[name] = given[name]
+    data["state"] = TurnState.RUNNING
+    data["started_at"] = data["last_progress_at"] = data["updated_at"] = now
+    return _build_turn(data)
+
+
 def _keep_unless_given(new: Any, old: Any) -> Any:
     """``COALESCE(new, old)``: an optional parameter overwrites only when given."""
     return old if new is None else new
@@ -611,15 +648,9 @@ class InMemoryTurnRepository:
                 if blocker is True:
                     raise self._insert_conflict(db, txn, scope, params)
                 await db.wait_for(txn, blocker)
-            turn = Turn(
-                **params.model_dump(),
-                state=TurnState.RUNNING,
-                started_at=now,
-                last_progress_at=now,
-                updated_at=now,
-            )
+            turn = _inserted_turn(params, now)
             db.insert(txn, turn)
-            return copy.copy(turn)
+            return _copy(turn)
 
     @staticmethod
     def _insert_conflict(
@@ -778,7 +809,7 @@ class InMemoryTurnRepository:
         validate_orphan_args(timeout_secs, limit)
         async with _statement(runner) as (db, txn):
             now = db.clock.now()
-            return [copy.copy(t) for t in db.orphan_candidates(txn, now, timeout_secs, limit)]
+            return [_copy(t) for t in db.orphan_candidates(txn, now, timeout_secs, limit)]
 
     async def cas_finalize_orphan(
         self, runner: InMemoryConnection, turn_id: UUID, timeout_secs: int
@@ -868,7 +899,7 @@ async def _update(
         turn = await db.lock_row(txn, turn_id, scope, lambda t: applies(t, now))
         if turn is None:
             return None
-        new = _evolve(turn, **change(turn, now))
+        new = _evolve(turn, change(turn, now))
         db.write(txn, new)
         return new
 
