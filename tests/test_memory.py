@@ -512,6 +512,26 @@ async def test_calls_on_one_runner_are_serialized(store: InMemoryStore) -> None:
         assert await bounded(read) is not None
 
 
+async def test_a_busy_autocommit_runner_queues_calls_on_free_rows(store: InMemoryStore) -> None:
+    """An autocommit call on a row no transaction holds takes a path without transaction
+    bookkeeping; it must still wait behind a call already in flight on its runner."""
+    held = await create(store)
+    free = await create(store)
+    holder = await Txn(store).__aenter__()
+    await store.turns.update_progress_at(holder.runner, ALLOW, held.id)
+    async with store.connection() as runner:
+        blocked = spawn(store.turns.update_progress_at(runner, ALLOW, held.id))
+        assert await is_blocked(blocked)
+        write = spawn(store.turns.update_progress_at(runner, ALLOW, free.id))
+        insert = spawn(store.turns.create_turn(runner, ALLOW, make_params()))
+        assert await is_blocked(write)
+        assert await is_blocked(insert)
+        await holder.commit()
+        assert await bounded(blocked) == 1
+        assert await bounded(write) == 1
+        assert (await bounded(insert)).state is TurnState.RUNNING
+
+
 # --- aliasing -----------------------------------------------------------------------------
 
 
@@ -539,6 +559,30 @@ async def test_returned_turns_are_copies(store: InMemoryStore) -> None:
 
 
 # --- indexes: a lookup reads a bounded number of rows, however many are stored ----------
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "transaction"])
+async def test_a_keep_alive_moves_the_turn_in_the_orphan_order(
+    store: InMemoryStore, in_transaction: bool
+) -> None:
+    """The orphan scan stops at the first fresh entry of its index, so an entry left at
+    a renewed turn's old progress would hide every orphan behind it."""
+    clock = store.clock
+    assert isinstance(clock, ManualClock)
+    renewed = await create(store)
+    clock.advance(10)
+    stale = await create(store)
+    clock.advance(400)
+    async with store.transaction() if in_transaction else store.connection() as runner:
+        assert await store.turns.update_progress_at(runner, ALLOW, renewed.id) == 1
+    async with store.connection() as runner:
+        found = await store.turns.find_orphan_candidates(runner, 300, 10)
+        assert [t.id for t in found] == [stale.id]
+        clock.advance(400)
+        found = await store.turns.find_orphan_candidates(runner, 300, 1)
+        assert [t.id for t in found] == [stale.id]
+        found = await store.turns.find_orphan_candidates(runner, 300, 10)
+        assert [t.id for t in found] == [stale.id, renewed.id]
 
 
 async def test_lookups_do_not_walk_the_rows(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_left, insort
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -201,6 +201,26 @@ def _out(turn: Turn | None) -> Turn | None:
     return None if turn is None else _copy(turn)
 
 
+def _latest_key(turn: Turn | None) -> _Key | None:
+    """The row's entry in its chat's latest-turn index, if it has one (live rows)."""
+    return rules.latest_sort_key(turn) if turn is not None and rules.is_live(turn) else None
+
+
+def _orphan_key(turn: Turn | None) -> _Key | None:
+    """The row's entry in the orphan order, if it has one (running, non-deleted rows)."""
+    if turn is None or not rules.holds_running_slot(turn):
+        return None
+    return rules.orphan_sort_key(turn)
+
+
+def _insert_key(keys: list[_Key], key: _Key) -> None:
+    """``insort``, with the common case first: a key of a fresh clock reading sorts last."""
+    if not keys or keys[-1] < key:
+        keys.append(key)
+    else:
+        insort(keys, key)
+
+
 def _remove_key(keys: list[_Key], key: _Key) -> None:
     index = bisect_left(keys, key)
     if index < len(keys) and keys[index] == key:
@@ -246,12 +266,31 @@ class _Database:
             new = row.pending
             assert new is not None
             assert row.writer is txn
-            if row.committed is not None:
-                self._unindex_committed(row.committed)
-            self._index_committed(new)
-            row.committed, row.pending, row.writer = new, None, None
+            old, row.committed, row.pending, row.writer = row.committed, new, None, None
+            self._reindex_committed(old, new)
             self._refresh_running(turn_id, new, row)
         self._release(txn)
+
+    def autocommit_insert(self, turn: Turn) -> None:
+        """Insert and commit ``turn`` at once: an INSERT in a transaction of its own that
+        ``insert_blocker`` let through without waiting."""
+        row = _Row(committed=turn)
+        self.rows[turn.id] = row
+        self.by_request[(turn.chat_id, turn.request_id)] = turn.id
+        self._reindex_committed(None, turn)
+        self._refresh_running(turn.id, turn, row)
+
+    def autocommit_update(self, row: _Row, new: Turn) -> None:
+        """Commit ``new`` over ``row``'s committed version at once: an UPDATE in a
+        transaction of its own, on a row no transaction holds (so none has a pending
+        version of it)."""
+        assert row.holder is None
+        assert row.pending is None
+        old, row.committed = row.committed, new
+        assert old is not None
+        self._reindex_committed(old, new)
+        if rules.holds_running_slot(old) is not rules.holds_running_slot(new):
+            self._refresh_running(new.id, new, row)
 
     def rollback(self, txn: _Txn) -> None:
         for turn_id in txn.written:
@@ -493,20 +532,28 @@ class _Database:
 
     # -- index maintenance --------------------------------------------------------------
 
-    def _index_committed(self, turn: Turn) -> None:
-        if rules.is_live(turn):
-            insort(self.latest.setdefault(turn.chat_id, []), rules.latest_sort_key(turn))
-        if rules.holds_running_slot(turn):
-            insort(self.orphan_order, rules.orphan_sort_key(turn))
-
-    def _unindex_committed(self, turn: Turn) -> None:
-        if rules.is_live(turn):
-            keys = self.latest[turn.chat_id]
-            _remove_key(keys, rules.latest_sort_key(turn))
-            if not keys:
-                del self.latest[turn.chat_id]
-        if rules.holds_running_slot(turn):
-            _remove_key(self.orphan_order, rules.orphan_sort_key(turn))
+    def _reindex_committed(self, old: Turn | None, new: Turn) -> None:
+        """Move a row's entries in the committed indexes from version ``old`` (``None``
+        for a new row) to ``new``, touching only the entries whose key changed: a
+        keep-alive write moves its orphan-order entry and leaves the chat's latest-turn
+        entry alone."""
+        old_latest = _latest_key(old)
+        new_latest = _latest_key(new)
+        if old_latest != new_latest:
+            if old_latest is not None:
+                keys = self.latest[new.chat_id]
+                _remove_key(keys, old_latest)
+                if not keys:
+                    del self.latest[new.chat_id]
+            if new_latest is not None:
+                _insert_key(self.latest.setdefault(new.chat_id, []), new_latest)
+        old_orphan = _orphan_key(old)
+        new_orphan = _orphan_key(new)
+        if old_orphan != new_orphan:
+            if old_orphan is not None:
+                _remove_key(self.orphan_order, old_orphan)
+            if new_orphan is not None:
+                _insert_key(self.orphan_order, new_orphan)
 
     def _refresh_running(self, turn_id: UUID, turn: Turn, row: _Row) -> None:
         """Keep ``running`` listing the rows any version of which holds the running slot."""
@@ -539,6 +586,8 @@ class InMemoryConnection:
         self._database = database
         self._txn = txn
         self._lock = asyncio.Lock()
+        # Calls inside ``_statement``, waiting for the lock or holding it.
+        self._calls = 0
         self._open = True
 
     @property
@@ -554,38 +603,71 @@ class InMemoryConnection:
     def _close(self) -> None:
         self._open = False
 
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreUnavailableError("this runner's block has already ended")
+
+    def _idle_autocommit(self) -> _Database | None:
+        """The database, when this is an autocommit runner with no call in flight.
+
+        A call that finds its rows free there can run as a statement of its own without
+        the transaction bookkeeping of ``_statement``: it never waits, so nothing else
+        runs before it ends, exactly as if it had taken the runner and committed.
+        """
+        self._check_open()
+        if self._txn is None and not self._calls:
+            return self._database
+        return None
+
     @asynccontextmanager
     async def _statement(self) -> AsyncIterator[tuple[_Database, _Txn]]:
         """Run one call: in the runner's transaction, or in one of its own (autocommit)."""
-        if not self._open:
-            raise StoreUnavailableError("this runner's block has already ended")
-        async with self._lock:
-            if not self._open:
-                raise StoreUnavailableError("this runner's block has already ended")
-            if self._txn is not None:
-                if self._txn.aborted:
-                    raise InFailedSqlTransaction(
-                        "current transaction is aborted, commands ignored until end of "
-                        "transaction block"
-                    )
-                yield self._database, self._txn
-                return
-            txn = _Txn()
-            try:
-                yield self._database, txn
-            except BaseException:
-                self._database.rollback(txn)
-                raise
-            self._database.commit(txn)
+        self._check_open()
+        self._calls += 1
+        try:
+            async with self._lock:
+                self._check_open()
+                if self._txn is not None:
+                    if self._txn.aborted:
+                        raise InFailedSqlTransaction(
+                            "current transaction is aborted, commands ignored until end of "
+                            "transaction block"
+                        )
+                    yield self._database, self._txn
+                    return
+                txn = _Txn()
+                try:
+                    yield self._database, txn
+                except BaseException:
+                    self._database.rollback(txn)
+                    raise
+                self._database.commit(txn)
+        finally:
+            self._calls -= 1
 
 
-def _statement(runner: InMemoryConnection) -> Any:
+def _require_runner(runner: object) -> None:
     if not isinstance(runner, InMemoryConnection):
         raise TypeError(
             "the in-memory repository needs a runner from InMemoryStore.transaction() or "
             f".connection(), got {type(runner).__name__}"
         )
+
+
+def _statement(runner: InMemoryConnection) -> Any:
+    _require_runner(runner)
     return runner._statement()
+
+
+def _idle_autocommit(runner: InMemoryConnection) -> _Database | None:
+    """See ``InMemoryConnection._idle_autocommit``."""
+    _require_runner(runner)
+    return runner._idle_autocommit()
+
+
+#: The transaction of a statement that has written nothing, for the reads of a call on
+#: the idle-autocommit path. Nothing ever writes or locks through it.
+_NO_WRITES = _Txn()
 
 
 def _require(name: str, value: object, kind: type, kind_name: str) -> None:
@@ -640,10 +722,22 @@ class InMemoryTurnRepository:
         _require_scope(scope)
         if not scope.permits(params):
             raise ScopeDeniedError(params.id, params.tenant_id)
-        async with _statement(runner) as (db, txn):
-            # One clock reading per statement, taken before any wait, as the INSERT's
-            # VALUES are computed before PostgreSQL checks the unique indexes.
+        # One clock reading per statement, taken before any wait, as the INSERT's VALUES
+        # are computed before PostgreSQL checks the unique indexes.
+        now: datetime | None = None
+        if (db := _idle_autocommit(runner)) is not None:
             now = db.clock.now()
+            blocker = db.insert_blocker(_NO_WRITES, params)
+            if blocker is False:
+                turn = _inserted_turn(params, now)
+                db.autocommit_insert(turn)
+                return _copy(turn)
+            if blocker is True:
+                raise self._insert_conflict(db, _NO_WRITES, scope, params)
+            # Another transaction's uncommitted row is in the way: wait for it below.
+        async with _statement(runner) as (db, txn):
+            if now is None:
+                now = db.clock.now()
             while (blocker := db.insert_blocker(txn, params)) is not False:
                 if blocker is True:
                     raise self._insert_conflict(db, txn, scope, params)
@@ -894,8 +988,28 @@ async def _update(
     """``UPDATE ... SET change WHERE id = turn_id AND applies AND scope``: the one way the
     fake changes a row. Both callables get the row and the statement's one clock reading.
     Returns the row as written, or ``None`` when nothing matched."""
-    async with _statement(runner) as (db, txn):
+    now: datetime | None = None
+    if (db := _idle_autocommit(runner)) is not None:
+        row = db.rows.get(turn_id)
         now = db.clock.now()
+        if row is None or row.holder is None:
+            # No transaction holds the row, so nothing is waited for: the statement
+            # commits before any other task runs.
+            turn = None if row is None else row.committed
+            if (
+                turn is None
+                or (scope is not None and not scope.permits(turn))
+                or not applies(turn, now)
+            ):
+                return None
+            assert row is not None
+            new = _evolve(turn, change(turn, now))
+            db.autocommit_update(row, new)
+            return new
+        # Another transaction holds the row: lock it, waiting, below.
+    async with _statement(runner) as (db, txn):
+        if now is None:
+            now = db.clock.now()
         turn = await db.lock_row(txn, turn_id, scope, lambda t: applies(t, now))
         if turn is None:
             return None
@@ -926,6 +1040,31 @@ def _any_row(turn: Turn, now: datetime) -> bool:
 
 
 _TOOLS = frozenset(ToolCallType)
+
+
+class _AutocommitBlock:
+    """The block of ``InMemoryStore.connection()``. A class rather than a generator-based
+    context manager: keep-alive writes enter one per write, and this costs a fraction."""
+
+    __slots__ = ("_runner", "_store")
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+        self._runner: InMemoryConnection | None = None
+
+    async def __aenter__(self) -> InMemoryConnection:
+        self._store._check_open()
+        self._runner = InMemoryConnection(self._store._database, None)
+        return self._runner
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            self._runner._close()
 
 
 class InMemoryStore:
@@ -975,15 +1114,9 @@ class InMemoryStore:
             else:
                 self._database.commit(txn)
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[InMemoryConnection]:
+    def connection(self) -> AbstractAsyncContextManager[InMemoryConnection]:
         """A runner in autocommit: each call is atomic on its own."""
-        self._check_open()
-        runner = InMemoryConnection(self._database, None)
-        try:
-            yield runner
-        finally:
-            runner._close()
+        return _AutocommitBlock(self)
 
     async def migrate(self) -> None:
         """Nothing to migrate: the in-memory schema is always current."""
