@@ -300,20 +300,22 @@ class KeepAlive(Generic[RunnerT]):
         ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
         user, or failed by the watchdog). A write error propagates to the caller.
         """
-        if self._running and self._due():
+        if self._running and self._due(self._clock()):
             await self._write()
         return self._running
 
-    def _due(self) -> bool:
+    def _due(self, now: float) -> bool:
         last = self._last_write
-        return last is None or self._clock() - last >= self._settings.interval_secs
+        return last is None or now - last >= self._settings.interval_secs
 
     async def _write(self) -> None:
         async with self._lock:
-            # Another touch may have written while this one waited for the lock.
-            if not self._running or not self._due():
+            # Another touch may have written while this one waited for the lock. The
+            # reading that decides is the one recorded: one clock read per write.
+            now = self._clock()
+            if not self._running or not self._due(now):
                 return
-            previous, self._last_write = self._last_write, self._clock()
+            previous, self._last_write = self._last_write, now
             try:
                 async with self._store.connection() as runner:
                     rows = await self._turns.update_progress_at(runner, self._scope, self._turn_id)
