@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -34,8 +33,7 @@ from turnstore.lifecycle import (
     TurnLifecycle,
     new_uuid7,
 )
-from turnstore.model import RequesterType, Turn, TurnState
-from turnstore.rules import replaced_turn_rejection
+from turnstore.model import Turn, TurnState
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import BackendHarness
 
@@ -670,13 +668,63 @@ async def test_mutation_outside_scope_is_not_found(
     assert (await reload(turnstore_backend, turn)).deleted_at is None
 
 
-async def test_deleted_turn_is_not_found(
+async def test_deleted_turn_is_a_conflict_not_a_missing_turn(
     turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
 ) -> None:
+    """Spec section 7: a deleted target is found (its key still holds it) but is never
+    the latest turn, so mutating it again is ``not_latest_turn``."""
+    first = await completed(lc, chat)
     turn = await completed(lc, chat)
     await lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
-    with pytest.raises(TurnNotFoundError):
+    with pytest.raises(NotLatestTurnError) as info:
         await lc.retry_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+    assert info.value.latest_turn_id == first.id
+    latest = await latest_of(turnstore_backend, chat)
+    assert latest is not None
+    assert latest.id == first.id
+
+
+async def test_two_concurrent_deletes_delete_once_and_the_loser_gets_a_conflict(
+    turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
+) -> None:
+    first = await completed(lc, chat)
+    turn = await completed(lc, chat)
+    results = await asyncio.gather(
+        *(
+            lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+            for _ in range(2)
+        ),
+        return_exceptions=True,
+    )
+    assert len([r for r in results if isinstance(r, MutationResult)]) == 1
+    losses = [r for r in results if isinstance(r, BaseException)]
+    assert len(losses) == 1
+    assert isinstance(losses[0], NotLatestTurnError)
+    assert (await reload(turnstore_backend, first)).deleted_at is None
+
+
+async def test_a_scope_naming_one_turn_cannot_make_an_older_turn_the_last(
+    turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
+) -> None:
+    """ "Last turn only" is judged on the whole chat: a scope that shows only an older
+    turn neither lets it be mutated nor reveals which turn is the latest."""
+    older = await completed(lc, chat)
+    newest = await completed(lc, chat)
+    narrow = AccessScope.for_resource(older.id)
+    for mutate in (lc.delete_turn, lc.retry_turn, lc.edit_turn):
+        with pytest.raises(NotLatestTurnError) as info:
+            await mutate(narrow, chat.chat_id, older.request_id, chat.user_id)
+        assert info.value.turn_id == older.id
+        assert info.value.latest_turn_id is None
+    assert (await reload(turnstore_backend, older)).deleted_at is None
+    latest = await latest_of(turnstore_backend, chat)
+    assert latest is not None
+    assert latest.id == newest.id
+    # The same scope on the latest turn itself may mutate it.
+    result = await lc.delete_turn(
+        AccessScope.for_resource(newest.id), chat.chat_id, newest.request_id, chat.user_id
+    )
+    assert result.target.id == newest.id
 
 
 async def test_replaced_turn_is_not_the_latest(
@@ -830,35 +878,6 @@ async def test_retry_racing_a_delete_of_the_turn_before_never_deletes_a_non_last
     assert info.value.latest_turn_id == result.new_turn.id
     assert (await reload(turnstore_backend, before)).deleted_at is None
     assert await latest_of(turnstore_backend, chat) == result.new_turn
-
-
-def test_replaced_turn_rejection_only_speaks_for_replaced_targets() -> None:
-    chat = Chat()
-    now = datetime.now(timezone.utc)
-    base = Turn(
-        id=uuid.uuid4(),
-        tenant_id=chat.tenant_id,
-        chat_id=chat.chat_id,
-        request_id=uuid.uuid4(),
-        requester_type=RequesterType.USER,
-        requester_user_id=chat.user_id,
-        state=TurnState.COMPLETED,
-        assistant_message_id=uuid.uuid4(),
-        started_at=now,
-        last_progress_at=now,
-        completed_at=now,
-        updated_at=now,
-    )
-    latest = base.model_copy(update={"id": uuid.uuid4(), "request_id": uuid.uuid4()})
-    deleted = base.model_copy(update={"deleted_at": now})
-    replaced = deleted.model_copy(update={"replaced_by_request_id": latest.request_id})
-    for target in (None, base, deleted):
-        assert replaced_turn_rejection(target, latest, chat.user_id) is None
-    conflict = replaced_turn_rejection(replaced, latest, chat.user_id)
-    assert isinstance(conflict, NotLatestTurnError)
-    assert conflict.latest_turn_id == latest.id
-    assert isinstance(replaced_turn_rejection(replaced, latest, uuid.uuid4()), ForbiddenError)
-    assert isinstance(replaced_turn_rejection(replaced, latest, None), ForbiddenError)
 
 
 def test_new_uuid7_is_version_7_and_time_ordered() -> None:

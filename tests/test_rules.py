@@ -39,7 +39,6 @@ from turnstore.rules import (
     pick_latest,
     preflight_update_applies,
     progress_update_applies,
-    replaced_turn_rejection,
     terminal_cas_applies,
     tool_increment_applies,
 )
@@ -351,13 +350,13 @@ REQUEST = UUID(int=3000)
 def _expected_rejection(
     target: Turn | None, latest: Turn | None, actor: UUID | None
 ) -> type[TurnStoreError] | None:
-    if target is None or target.deleted_at is not None:
+    if target is None:
         return TurnNotFoundError
     if target.requester_user_id is None or target.requester_user_id != actor:
         return ForbiddenError
     if target.state is RUNNING:
         return InvalidTurnStateError
-    if latest is None or latest.id != target.id:
+    if target.deleted_at is not None or latest is None or latest.id != target.id:
         return NotLatestTurnError
     return None
 
@@ -405,63 +404,33 @@ def test_mutation_rejection_follows_the_spec_order(
         assert error.latest_turn_id == (latest.id if latest is not None else None)
 
 
-def _expected_replaced_rejection(
-    target: Turn | None, latest: Turn | None, actor: UUID | None
-) -> type[TurnStoreError] | None:
-    if target is None or target.deleted_at is None or target.replaced_by_request_id is None:
-        return None
-    if target.requester_user_id is None or target.requester_user_id != actor:
-        return ForbiddenError
-    return NotLatestTurnError
-
-
-@given(case=mutation_cases())
-def test_a_replaced_target_is_a_conflict_not_a_missing_turn(
-    case: tuple[Turn | None, Turn | None, UUID | None],
-) -> None:
-    """A target a retry or edit replaced (deleted, with ``replaced_by_request_id``) gets
-    ``not_latest_turn`` (the loser of two concurrent retries), after the actor check; every
-    other target is left to ``mutation_rejection``."""
-    target, latest, actor = case
-    error = replaced_turn_rejection(target, latest, actor)
-    expected = _expected_replaced_rejection(target, latest, actor)
-    if expected is None:
-        assert error is None
-        return
-    assert type(error) is expected
-    if isinstance(error, NotLatestTurnError):
-        assert error.latest_turn_id == (latest.id if latest is not None else None)
-
-
 #: The running target of OWNER and a different latest turn: every check but the first
 #: two fails for it, so each test below shows one check taking precedence.
 RUNNING_TARGET = _example_turn(UUID(int=1), user=OWNER)
 NEWER = _example_turn(UUID(int=2), started_at=_T0 + timedelta(seconds=5), state=COMPLETED)
 
 
-def test_only_a_deleted_target_counts_as_replaced() -> None:
-    """The repository sets ``replaced_by_request_id`` only when it deletes, but the rule
-    does not lean on that: a live row is never treated as replaced."""
-    live = _with(
-        _example_turn(UUID(int=1), state=COMPLETED, user=OWNER), replaced_by_request_id=REQUEST
-    )
-    assert replaced_turn_rejection(live, NEWER, OWNER) is None
-    replaced = _with(live, deleted_at=live.updated_at)
-    assert isinstance(replaced_turn_rejection(replaced, NEWER, OWNER), NotLatestTurnError)
-
-
 @pytest.mark.parametrize("actor", [OWNER, STRANGER, None])
 @pytest.mark.parametrize("latest", [None, NEWER], ids=["no-latest", "newer"])
-def test_missing_or_deleted_target_is_not_found_before_anything_else(
+def test_missing_target_is_not_found_before_anything_else(
     actor: UUID | None, latest: Turn | None
 ) -> None:
-    deleted = _example_turn(UUID(int=1), user=OWNER, deleted=True)
-    for target in (None, deleted):
-        assert isinstance(_reject(target, latest, actor), TurnNotFoundError)
-    # Even the owner of a finished turn that the caller passes as latest cannot touch it.
+    assert isinstance(_reject(None, latest, actor), TurnNotFoundError)
+
+
+@pytest.mark.parametrize("latest", [None, NEWER], ids=["no-latest", "newer"])
+def test_a_deleted_target_is_a_conflict_not_a_missing_turn(latest: Turn | None) -> None:
+    """A deleted target still holds its idempotency key, so it is found; it is never the
+    latest turn: the loser of two concurrent mutations gets ``not_latest_turn``."""
+    for state in (COMPLETED, RUNNING):
+        deleted = _example_turn(UUID(int=1), user=OWNER, state=state, deleted=True)
+        expected = InvalidTurnStateError if state is RUNNING else NotLatestTurnError
+        assert isinstance(_reject(deleted, latest, OWNER), expected)
+        # The actor check still comes first.
+        assert isinstance(_reject(deleted, latest, STRANGER), ForbiddenError)
+    # Even when a caller passes the deleted turn itself as the latest.
     done_and_deleted = _example_turn(UUID(int=1), user=OWNER, state=COMPLETED, deleted=True)
-    error = _reject(done_and_deleted, done_and_deleted, OWNER)
-    assert isinstance(error, TurnNotFoundError)
+    assert isinstance(_reject(done_and_deleted, done_and_deleted, OWNER), NotLatestTurnError)
 
 
 @pytest.mark.parametrize("actor", [STRANGER, None])

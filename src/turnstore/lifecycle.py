@@ -28,6 +28,7 @@ from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
     GenerationInProgressError,
+    NotLatestTurnError,
 )
 from turnstore.model import (
     CasCompleteParams,
@@ -42,7 +43,6 @@ from turnstore.rules import (
     StartDecision,
     decide_start,
     mutation_rejection,
-    replaced_turn_rejection,
 )
 from turnstore.scope import AccessScope
 from turnstore.watchdog import DEFAULT_ORPHAN_TIMEOUT_SECS, OrphanTimeoutSecs
@@ -67,6 +67,8 @@ logger = logging.getLogger("turnstore.lifecycle")
 #: How many times ``begin_turn`` re-inserts when the running turn that refused its insert
 #: has already ended by the time it is looked up.
 _START_ATTEMPTS = 3
+#: The scope of the locked read of a chat's latest turn in retry/edit/delete.
+_WHOLE_CHAT = AccessScope.allow_all()
 
 
 def new_uuid7() -> UUID:
@@ -597,18 +599,23 @@ class TurnLifecycle(Generic[RunnerT]):
         async with self._on(runner, atomic=True) as run:
             # Lock the chat first: every check below then reads the state the previous
             # mutation of this chat committed, never an older snapshot.
-            latest = await self.turns.find_latest_for_update(run, scope, chat_id)
-            if latest is not None and latest.request_id == request_id:
+            # "Is it the last turn?" is asked of the whole chat, not of what the caller's
+            # scope shows: a scope naming one turn must not make an older turn look last.
+            latest = await self.turns.find_latest_for_update(run, _WHOLE_CHAT, chat_id)
+            if latest is not None and latest.request_id == request_id and scope.permits(latest):
                 target: Turn | None = latest
             else:
                 target = await self.turns.find_by_chat_and_request_id(
                     run, scope, chat_id, request_id
                 )
-            rejection = replaced_turn_rejection(target, latest, actor_user_id) or (
-                mutation_rejection(
-                    target, latest, actor_user_id, chat_id=chat_id, request_id=request_id
-                )
+            rejection = mutation_rejection(
+                target, latest, actor_user_id, chat_id=chat_id, request_id=request_id
             )
+            if isinstance(rejection, NotLatestTurnError) and not (
+                latest is not None and scope.permits(latest)
+            ):
+                # Say that the target is not the last turn, but not which turn is.
+                rejection = NotLatestTurnError(rejection.turn_id, None)
             if rejection is not None:
                 raise rejection
             assert target is not None

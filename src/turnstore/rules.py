@@ -36,7 +36,6 @@ __all__ = [
     "pick_latest",
     "preflight_update_applies",
     "progress_update_applies",
-    "replaced_turn_rejection",
     "terminal_cas_applies",
     "tool_increment_applies",
 ]
@@ -158,33 +157,18 @@ def mutation_rejection(
     """Why retry/edit/delete of ``target`` must be refused, or ``None`` if it may go on.
 
     Checks in the order of spec section 7: missing, not the actor's, still running, not the
-    latest turn of the chat. ``latest`` must have been read under the chat's lock.
-    A deleted target counts as missing: it is no longer part of the conversation.
+    latest turn of the chat. ``latest`` must be the chat's latest turn read under the
+    chat's lock *whatever the caller's scope*: a narrow scope (one turn) must not make an
+    older turn look like the last one. A deleted target exists (the idempotency key still
+    holds it) but is never the latest, so a mutation aimed at it, typically the loser of
+    two concurrent mutations, is the conflict ``not_latest_turn``.
     """
-    if target is None or target.deleted_at is not None:
+    if target is None:
         return TurnNotFoundError(chat_id=chat_id, request_id=request_id)
     if target.requester_user_id is None or target.requester_user_id != actor_user_id:
         return ForbiddenError(target.id, actor_user_id)
     if target.state is TurnState.RUNNING:
         return InvalidTurnStateError(target.id, target.state.value)
-    if latest is None or latest.id != target.id:
+    if target.deleted_at is not None or latest is None or latest.id != target.id:
         return NotLatestTurnError(target.id, latest.id if latest is not None else None)
     return None
-
-
-def replaced_turn_rejection(
-    target: Turn | None, latest: Turn | None, actor_user_id: UUID | None
-) -> TurnStoreError | None:
-    """Why a target that a retry or edit already replaced must be refused, else ``None``.
-
-    Such a target is deleted but not gone: the turn that replaced it is now the latest, so
-    a second mutation aimed at it (typically the loser of two concurrent retries) is a
-    conflict, ``not_latest_turn``, rather than ``turn_not_found``. The actor check still
-    comes first, as in ``mutation_rejection``. Any other target returns ``None`` and is
-    left to ``mutation_rejection``.
-    """
-    if target is None or target.deleted_at is None or target.replaced_by_request_id is None:
-        return None
-    if target.requester_user_id is None or target.requester_user_id != actor_user_id:
-        return ForbiddenError(target.id, actor_user_id)
-    return NotLatestTurnError(target.id, latest.id if latest is not None else None)
