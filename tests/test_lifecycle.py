@@ -36,6 +36,7 @@ from turnstore.lifecycle import (
 from turnstore.model import Turn, TurnState
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import BackendHarness
+from turnstore.watchdog import WatchdogSettings
 
 
 def lifecycle_of(backend: BackendHarness) -> TurnLifecycle[Any]:
@@ -329,6 +330,16 @@ class FakeClock:
 
 #: Keep-alive written only by ``touch()``, every 10 s of a ``FakeClock``.
 TOUCH_ONLY = KeepAliveSettings(interval_secs=10, heartbeat=False)
+
+
+def test_keep_alive_settings_follow_the_watchdogs_timeout() -> None:
+    watchdog = WatchdogSettings(orphan_timeout_secs=60)
+    settings = KeepAliveSettings.for_watchdog(watchdog)
+    assert (settings.orphan_timeout_secs, settings.interval_secs) == (60, 6.0)
+    assert KeepAliveSettings.for_watchdog(watchdog, interval_secs=20).interval_secs == 20
+    # The default interval (30 s) is fine for the default timeout but not for this one.
+    with pytest.raises(pydantic.ValidationError, match="at most a third"):
+        KeepAliveSettings.for_watchdog(watchdog, interval_secs=30)
 
 
 async def tapped_turn(

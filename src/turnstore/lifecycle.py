@@ -45,7 +45,7 @@ from turnstore.rules import (
     mutation_rejection,
 )
 from turnstore.scope import AccessScope
-from turnstore.watchdog import DEFAULT_ORPHAN_TIMEOUT_SECS, OrphanTimeoutSecs
+from turnstore.watchdog import DEFAULT_ORPHAN_TIMEOUT_SECS, OrphanTimeoutSecs, WatchdogSettings
 
 __all__ = [
     "FinalizeHook",
@@ -213,6 +213,23 @@ class KeepAliveSettings(BaseModel):
     interval_secs: float = Field(default=30.0, gt=0)
     orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
     heartbeat: bool = True
+
+    @classmethod
+    def for_watchdog(
+        cls,
+        watchdog: WatchdogSettings,
+        *,
+        interval_secs: float | None = None,
+        heartbeat: bool = True,
+    ) -> KeepAliveSettings:
+        """Settings checked against the timeout the watchdog really uses, so the two cannot
+        drift apart; the interval defaults to a tenth of that timeout."""
+        timeout = watchdog.orphan_timeout_secs
+        return cls(
+            interval_secs=interval_secs if interval_secs is not None else timeout / 10,
+            orphan_timeout_secs=timeout,
+            heartbeat=heartbeat,
+        )
 
     @model_validator(mode="after")
     def _comfortably_below_timeout(self) -> KeepAliveSettings:
