@@ -54,13 +54,15 @@ class PostgresHarness:
     name: str = field(default="postgres")
 
     async def advance_time(self, seconds: float) -> None:
+        # The amount is a literal, not a bound parameter: with parameters psycopg would read
+        # a ``%`` in the schema name as a placeholder.
         query = sql.SQL(
-            "UPDATE {}.chat_turns SET"
-            " started_at = started_at - make_interval(secs => %(s)s),"
-            " last_progress_at = last_progress_at - make_interval(secs => %(s)s),"
-            " completed_at = completed_at - make_interval(secs => %(s)s),"
-            " deleted_at = deleted_at - make_interval(secs => %(s)s),"
-            " updated_at = updated_at - make_interval(secs => %(s)s)"
-        ).format(sql.Identifier(self.schema))
+            "UPDATE {schema}.chat_turns SET"
+            " started_at = started_at - make_interval(secs => {s}),"
+            " last_progress_at = last_progress_at - make_interval(secs => {s}),"
+            " completed_at = completed_at - make_interval(secs => {s}),"
+            " deleted_at = deleted_at - make_interval(secs => {s}),"
+            " updated_at = updated_at - make_interval(secs => {s})"
+        ).format(schema=sql.Identifier(self.schema), s=sql.Literal(float(seconds)))
         async with self.store.connection() as conn:
-            await conn.execute(query, {"s": seconds})
+            await conn.execute(query)
