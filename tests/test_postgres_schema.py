@@ -17,7 +17,13 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 
 import turnstore.postgres as pg
-from turnstore import AccessScope, CreateTurnParams, MigrationError, RequesterType, TurnState
+from turnstore import (
+    AccessScope,
+    DuplicateTurnIdError,
+    MigrationError,
+    ToolCallType,
+    TurnState,
+)
 from turnstore.postgres import (
     MIGRATION_LOCK_CLASS,
     Migration,
@@ -26,6 +32,12 @@ from turnstore.postgres import (
     migrate,
     migration_files,
     schema_sql,
+)
+from turnstore.testing.conformance import (
+    complete_params,
+    make_params,
+    preflight_params,
+    terminal_params,
 )
 from turnstore.testing.server import temporary_database
 
@@ -373,44 +385,70 @@ async def test_check_schema_needs_no_ddl_rights(empty_conn: Conn) -> None:
         )
 
 
-async def test_schema_sql_builds_a_current_schema(empty_conn: Conn) -> None:
-    script = schema_sql(ODD_SCHEMA)
+# Names that need quoting, and names with ``%``, which psycopg would read as a placeholder
+# in a statement executed with parameters if it were not escaped there.
+ODD_SCHEMAS = [ODD_SCHEMA, "50%off", "a%sb", "%%(x)s%"]
+
+
+@pytest.mark.parametrize("schema", ODD_SCHEMAS)
+async def test_schema_sql_builds_a_current_schema(empty_conn: Conn, schema: str) -> None:
+    script = schema_sql(schema)
     assert script.startswith("-- turnstore schema")
-    assert 'CREATE SCHEMA IF NOT EXISTS "Turn ""Store"""' in script
+    ident = sql.Identifier(schema).as_string(None)
+    assert f"CREATE SCHEMA IF NOT EXISTS {ident};" in script
     await empty_conn.execute(script.encode("utf-8"))
     await empty_conn.execute("RESET search_path")
-    assert (await check_schema(empty_conn, schema=ODD_SCHEMA)).current
-    assert await _relation_exists(empty_conn, ODD_SCHEMA, "chat_turns")
-    assert await migrate(empty_conn, schema=ODD_SCHEMA) == []
+    assert (await check_schema(empty_conn, schema=schema)).current
+    assert await _relation_exists(empty_conn, schema, "chat_turns")
+    assert await migrate(empty_conn, schema=schema) == []
 
 
-async def test_odd_schema_name_works_end_to_end(empty_dsn: str) -> None:
-    async with await PostgresStore.open(empty_dsn, schema=ODD_SCHEMA) as store:
+@pytest.mark.parametrize("schema", ODD_SCHEMAS)
+async def test_odd_schema_name_works_end_to_end(empty_dsn: str, schema: str) -> None:
+    async with await PostgresStore.open(empty_dsn, schema=schema) as store:
         assert not (await store.check_schema()).current
         await store.migrate()
         assert (await store.check_schema()).current
-        params = CreateTurnParams(
-            id=uuid.uuid4(),
-            tenant_id=uuid.uuid4(),
-            chat_id=uuid.uuid4(),
-            request_id=uuid.uuid4(),
-            requester_type=RequesterType.SYSTEM,
-        )
+        turns = store.turns
+        params = make_params()
         scope = AccessScope.for_tenant(params.tenant_id)
         async with store.transaction() as conn:
-            created = await store.turns.create_turn(conn, scope, params)
-            locked = await store.turns.find_latest_for_update(conn, scope, params.chat_id)
+            created = await turns.create_turn(conn, scope, params)
+            with pytest.raises(DuplicateTurnIdError):
+                await turns.create_turn(conn, scope, params)
+            locked = await turns.find_latest_for_update(conn, scope, params.chat_id)
             assert locked == created
-            assert await store.turns.update_progress_at(conn, scope, params.id) == 1
+            assert await turns.update_progress_at(conn, scope, params.id) == 1
         async with store.connection() as conn:
-            assert await store.turns.find_orphan_candidates(conn, 0, 10) != []
-            assert await store.turns.cas_finalize_orphan(conn, params.id, 0) == 1
-            found = await store.turns.find_running_by_chat_id(conn, scope, params.chat_id)
-            assert found is None
-            latest = await store.turns.find_latest_turn(conn, scope, params.chat_id)
-            assert latest is not None
-            assert latest.state is TurnState.FAILED
-            cur = await conn.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(ODD_SCHEMA, "chat_turns"))
+            found = await turns.find_by_chat_and_request_id(
+                conn, scope, params.chat_id, params.request_id
             )
-            assert await cur.fetchone() == (1,)
+            assert found is not None
+            assert found.id == created.id
+            assert await turns.update_preflight_fields(conn, scope, preflight_params(created)) == 1
+            await turns.increment_tool_calls(conn, scope, params.id, ToolCallType.WEB_SEARCH)
+            assert await turns.find_orphan_candidates(conn, 0, 10) != []
+            assert await turns.cas_finalize_orphan(conn, params.id, 0) == 1
+            assert await turns.find_running_by_chat_id(conn, scope, params.chat_id) is None
+            latest = await turns.find_latest_turn(conn, scope, params.chat_id)
+            assert latest is not None
+            assert (latest.state, latest.web_search_completed_count) == (TurnState.FAILED, 1)
+
+            # A second turn of the chat completed by CAS, a third one failed by CAS.
+            same_chat = {"tenant_id": params.tenant_id, "chat_id": params.chat_id}
+            second = await turns.create_turn(conn, scope, make_params(**same_chat))
+            done = complete_params(second)
+            await turns.set_assistant_message_id(conn, scope, second.id, done.assistant_message_id)
+            assert await turns.cas_update_completed(conn, scope, done) == 1
+            assert await turns.cas_update_completed(conn, scope, done) == 0
+            third = await turns.create_turn(conn, scope, make_params(**same_chat))
+            failed = terminal_params(third, TurnState.FAILED)
+            assert await turns.cas_update_state(conn, scope, failed) == 1
+            await turns.soft_delete(conn, scope, third.id, None)
+            latest = await turns.find_latest_turn(conn, scope, params.chat_id)
+            assert latest is not None
+            assert latest.id == second.id
+            cur = await conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "chat_turns"))
+            )
+            assert await cur.fetchone() == (3,)

@@ -420,11 +420,24 @@ class _CompiledScope:
         return text
 
 
+def _param_ident(*names: str) -> sql.SQL:
+    """A quoted identifier for a statement executed with parameters.
+
+    psycopg reads every ``%`` of such a statement as a placeholder, quoted identifiers
+    included, so a name like ``50%off`` would break it; the ``%`` is doubled here (and only
+    here: a statement executed without parameters is sent as written).
+    """
+    return sql.SQL(sql.Identifier(*names).as_string(None).replace("%", "%%"))
+
+
 def _render(template: str, schema: str, **identifiers: str) -> str:
-    """Render a statement for ``schema``; identifiers are quoted, never interpolated raw."""
-    names = {key: sql.Identifier(value) for key, value in identifiers.items()}
+    """Render a statement for ``schema``; identifiers are quoted, never interpolated raw.
+
+    Every rendered statement is executed with parameters, so identifiers are escaped for it.
+    """
+    names = {key: _param_ident(value) for key, value in identifiers.items()}
     query = sql.SQL(template).format(
-        turns=sql.Identifier(schema, "chat_turns"), scope=sql.SQL(_SCOPE_MARK), **names
+        turns=_param_ident(schema, "chat_turns"), scope=sql.SQL(_SCOPE_MARK), **names
     )
     return query.as_string(None)
 
@@ -962,7 +975,7 @@ async def _migrate_locked(
             "turnstore does not have (a newer version migrated it); refusing to migrate"
         )
     insert = sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(
-        _version_table(schema)
+        _param_ident(schema, "schema_migrations")
     )
     set_path = sql.SQL("SET LOCAL search_path TO {}").format(schema_ident)
     applied: list[int] = []
