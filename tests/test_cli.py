@@ -289,6 +289,17 @@ async def test_demo_on_a_server_leaves_no_schema_behind(
     assert after == before
 
 
+async def test_demo_in_a_schema_named_with_percent_signs(
+    turnstore_admin_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = f"demo {uuid.uuid4().hex[:8]} 50%off a%sb"
+    assert await run_cli("demo", "--dsn", turnstore_admin_dsn, "--schema", schema) == 0
+    out = capsys.readouterr().out
+    assert_demo_output(out)
+    assert f"dropped schema {schema!r}" in out
+    assert schema not in await schemas(turnstore_admin_dsn)
+
+
 async def test_demo_refuses_a_schema_that_exists_and_leaves_it_alone(
     turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -328,13 +328,19 @@ class _Scenario:
             "bob asks in chat B-2 (request req-5): turn-5 starts, then the process streaming "
             "it crashes: no more keep-alive"
         )
+        # Literals, not bound parameters: with parameters psycopg would read a ``%`` in the
+        # schema name as a placeholder.
         backdate = sql.SQL(
-            "UPDATE {}.chat_turns SET started_at = started_at - make_interval(secs => %(s)s),"
-            " last_progress_at = last_progress_at - make_interval(secs => %(s)s),"
-            " updated_at = updated_at - make_interval(secs => %(s)s) WHERE id = %(id)s"
-        ).format(sql.Identifier(self.store.schema))
+            "UPDATE {schema}.chat_turns SET started_at = started_at - make_interval(secs => {s}),"
+            " last_progress_at = last_progress_at - make_interval(secs => {s}),"
+            " updated_at = updated_at - make_interval(secs => {s}) WHERE id = {id}"
+        ).format(
+            schema=sql.Identifier(self.store.schema),
+            s=sql.Literal(_CRASH_AGE_SECS),
+            id=sql.Literal(crashed.id),
+        )
         async with self.store.connection() as conn:
-            await conn.execute(backdate, {"s": _CRASH_AGE_SECS, "id": crashed.id})
+            await conn.execute(backdate)
         self.say(
             f"instead of waiting, the demo moves turn-5's timestamps {_CRASH_AGE_SECS // 60} "
             "minutes back with an SQL UPDATE (the watchdog's timeout is at least 60 s)"
