@@ -1,9 +1,10 @@
 """Run the conformance suite the way a host with its own configuration would: PostgreSQL
-only, in a schema whose name needs quoting (upper case, a space, a quote, a dash, non-ASCII)."""
+only, in a schema whose name needs quoting (upper case, a space, a quote, a dash, non-ASCII)
+and holds a ``%`` (which psycopg reads as a placeholder unless it is escaped)."""
 
 import pytest
 
-ODD_SCHEMA = 'Odd "Turns" schema-ü'
+ODD_SCHEMA = 'Odd "Turns" schema-ü 50%off'
 
 
 @pytest.fixture(scope="session")
