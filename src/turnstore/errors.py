@@ -7,6 +7,7 @@ for HTTP mapping) and the ids involved. Driver errors are always chained (``from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 __all__ = [
@@ -174,6 +175,35 @@ class MigrationError(TurnStoreError):
 
 
 class SchemaMismatchError(TurnStoreError):
-    """The database schema is not at the version this turnstore expects."""
+    """The database schema is not at the version this turnstore expects.
+
+    ``pending``: migrations not applied yet; ``changed``: applied ones whose file changed
+    since; ``unknown``: recorded versions this turnstore has no file for (a newer one
+    migrated the database). Raised by ``PostgresStore.verify_schema`` and by
+    ``PostgresStore.open(..., verify_schema=True)``.
+    """
 
     code = "schema_mismatch"
+
+    def __init__(
+        self,
+        schema: str,
+        *,
+        pending: Sequence[int] = (),
+        changed: Sequence[int] = (),
+        unknown: Sequence[int] = (),
+    ) -> None:
+        self.schema = schema
+        self.pending = tuple(pending)
+        self.changed = tuple(changed)
+        self.unknown = tuple(unknown)
+        problems = [
+            f"{label}: {', '.join(f'{v:04d}' for v in versions)}"
+            for label, versions in (
+                ("pending", self.pending),
+                ("changed since applied", self.changed),
+                ("unknown to this turnstore", self.unknown),
+            )
+            if versions
+        ]
+        super().__init__(f"schema {schema!r} is not current ({'; '.join(problems)})")
