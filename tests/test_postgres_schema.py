@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg_pool
 import pytest
 import pytest_asyncio
 from psycopg import sql
@@ -21,6 +22,7 @@ from turnstore import (
     AccessScope,
     DuplicateTurnIdError,
     MigrationError,
+    SchemaMismatchError,
     ToolCallType,
     TurnState,
 )
@@ -383,6 +385,81 @@ async def test_check_schema_needs_no_ddl_rights(empty_conn: Conn) -> None:
         await empty_conn.execute(
             sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role))
         )
+
+
+# --- verify_schema -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def opened_pools(monkeypatch: pytest.MonkeyPatch) -> list[psycopg_pool.AsyncConnectionPool[Any]]:
+    """Every pool ``PostgresStore.open`` creates while the test runs (a recording subclass
+    of the real pool), so a test can see whether a failed ``open`` closed its pool."""
+    pools: list[psycopg_pool.AsyncConnectionPool[Any]] = []
+
+    class RecordingPool(psycopg_pool.AsyncConnectionPool[Any]):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(psycopg_pool, "AsyncConnectionPool", RecordingPool)
+    return pools
+
+
+async def test_open_verify_schema_refuses_an_empty_database_and_closes_its_pool(
+    empty_dsn: str, empty_conn: Conn, opened_pools: list[psycopg_pool.AsyncConnectionPool[Any]]
+) -> None:
+    versions = tuple(m.version for m in migration_files())
+    with pytest.raises(SchemaMismatchError) as info:
+        await PostgresStore.open(empty_dsn, verify_schema=True)
+    error = info.value
+    assert (error.code, error.schema) == ("schema_mismatch", "turnstore")
+    assert (error.pending, error.changed, error.unknown) == (versions, (), ())
+    assert str(error) == "schema 'turnstore' is not current (pending: 0001)"
+    assert len(opened_pools) == 1
+    assert opened_pools[0].closed
+    assert not await _relation_exists(empty_conn, "turnstore", "schema_migrations")
+
+
+_MISMATCHES = {
+    "pending": "DELETE FROM {table} WHERE version = 1",
+    "changed": "UPDATE {table} SET checksum = 'edited' WHERE version = 1",
+    "unknown": "INSERT INTO {table} (version, name, checksum) VALUES (9999, 'future', 'x')",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_MISMATCHES))
+async def test_verify_schema_names_what_differs(
+    empty_dsn: str,
+    empty_conn: Conn,
+    kind: str,
+    opened_pools: list[psycopg_pool.AsyncConnectionPool[Any]],
+) -> None:
+    await migrate(empty_conn, schema=ODD_SCHEMA)
+    async with await PostgresStore.open(empty_dsn, schema=ODD_SCHEMA, verify_schema=True) as store:
+        assert (await store.verify_schema()).applied == (1,)
+        table = sql.Identifier(ODD_SCHEMA, "schema_migrations")
+        await empty_conn.execute(sql.SQL(_MISMATCHES[kind]).format(table=table))
+        with pytest.raises(SchemaMismatchError) as on_demand:
+            await store.verify_schema()
+        found: dict[str, tuple[int, ...]] = {"pending": (), "changed": (), "unknown": ()}
+        found[kind] = (9999,) if kind == "unknown" else (1,)
+        error = on_demand.value
+        assert (error.pending, error.changed, error.unknown) == tuple(found.values())
+        assert kind in str(error)
+        assert not store.pool.closed  # on demand, the store stays usable
+    with pytest.raises(SchemaMismatchError) as at_open:
+        await PostgresStore.open(empty_dsn, schema=ODD_SCHEMA, verify_schema=True)
+    assert str(at_open.value) == str(error)
+    assert opened_pools[-1].closed
+
+
+async def test_verify_schema_on_a_host_pool_store(turnstore_pg_dsn: str) -> None:
+    async with psycopg_pool.AsyncConnectionPool(turnstore_pg_dsn, min_size=1, open=False) as pool:
+        store = PostgresStore(pool)
+        assert (await store.verify_schema()).current
+        other = PostgresStore(pool, schema="not_migrated")
+        with pytest.raises(SchemaMismatchError, match="'not_migrated' is not current"):
+            await other.verify_schema()
 
 
 # Names that need quoting, and names with ``%``, which psycopg would read as a placeholder

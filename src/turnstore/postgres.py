@@ -46,6 +46,7 @@ from turnstore.errors import (
     GenerationInProgressError,
     InvalidParameterError,
     MigrationError,
+    SchemaMismatchError,
     ScopeDeniedError,
     StoreUnavailableError,
     TurnNotFoundError,
@@ -820,6 +821,13 @@ class SchemaStatus:
         """True when every migration is applied, unchanged, and nothing unknown is recorded."""
         return not (self.pending or self.changed or self.unknown)
 
+    def require_current(self, schema: str) -> None:
+        """Raise ``SchemaMismatchError`` naming what differs unless the schema is current."""
+        if not self.current:
+            raise SchemaMismatchError(
+                schema, pending=self.pending, changed=self.changed, unknown=self.unknown
+            )
+
 
 def _sql_dir() -> Any:
     """Where the migration files are: inside the installed package (a wheel ships them as
@@ -1081,12 +1089,16 @@ class PostgresStore:
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
+        verify_schema: bool = False,
     ) -> PostgresStore:
         """Open a pool of ``min_size..max_size`` autocommit connections to ``dsn``.
 
         Waits up to ``timeout`` seconds for the first ``min_size`` connections, and uses the
         same timeout when a call waits for a free connection; ``StoreUnavailableError`` when
-        the server cannot be reached in that time.
+        the server cannot be reached in that time. With ``verify_schema`` it also runs
+        ``verify_schema()`` once, so an app that does not migrate itself fails at start
+        instead of on its first call; on failure the pool is closed before the error
+        propagates.
         """
         repository = PostgresTurnRepository(schema)
         pool: Pool = psycopg_pool.AsyncConnectionPool(
@@ -1101,10 +1113,12 @@ class PostgresStore:
         try:
             with _driver_errors:
                 await pool.open(wait=True, timeout=timeout)
+            store = cls(pool, schema=repository.schema, dsn=dsn, owns_pool=True)
+            if verify_schema:
+                await store.verify_schema()
         except BaseException:
             await pool.close()
             raise
-        store = cls(pool, schema=repository.schema, dsn=dsn, owns_pool=True)
         return store
 
     @property
@@ -1155,6 +1169,14 @@ class PostgresStore:
         """Whether this store's schema is current (see ``check_schema``)."""
         async with self.connection() as conn:
             return await check_schema(conn, schema=self.schema)
+
+    async def verify_schema(self) -> SchemaStatus:
+        """``check_schema``, raising ``SchemaMismatchError`` (naming the pending, changed
+        and unknown versions) unless the schema is current; for hosts that migrate in a
+        separate deployment step and must not run against another schema version."""
+        status = await self.check_schema()
+        status.require_current(self.schema)
+        return status
 
     async def close(self) -> None:
         """Close the pool if this store opened it; a host's pool is left alone."""
