@@ -145,7 +145,7 @@ class _Txn:
         self.aborted = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Row:
     """One row: its committed version, and at most one open transaction's pending version.
 
