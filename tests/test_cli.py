@@ -453,6 +453,39 @@ async def test_sweep_refuses_a_schema_that_is_not_migrated(
     )
 
 
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ("DELETE FROM turnstore.schema_migrations", "pending: 0001"),
+        (
+            "INSERT INTO turnstore.schema_migrations (version, name, checksum)"
+            " VALUES (9999, 'future', 'x')",
+            "unknown to this turnstore: 9999",
+        ),
+    ],
+    ids=["pending", "unknown"],
+)
+async def test_sweep_refuses_a_schema_at_another_version_and_touches_nothing(
+    pg_store: PostgresStore,
+    turnstore_pg_dsn: str,
+    change: str,
+    problem: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    turn = await create(pg_store, "chat")
+    await PostgresHarness(pg_store).advance_time(400)
+    async with pg_store.connection() as conn:
+        await conn.execute(change.encode())
+    assert await run_cli("sweep", "--once", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == (
+        "",
+        f"turnstore: error: schema 'turnstore' is not current ({problem}); "
+        "run 'turnstore migrate'\n",
+    )
+    assert (await reload(pg_store, turn)).state is TurnState.RUNNING
+
+
 # --------------------------------------------------------------------------- output
 
 

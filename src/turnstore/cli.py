@@ -26,7 +26,7 @@ import psycopg
 import pydantic
 from psycopg.conninfo import conninfo_to_dict
 
-from turnstore.errors import StoreUnavailableError, TurnStoreError
+from turnstore.errors import SchemaMismatchError, StoreUnavailableError, TurnStoreError
 from turnstore.postgres import (
     DEFAULT_SCHEMA,
     PostgresStore,
@@ -212,10 +212,15 @@ async def connect(dsn: str) -> psycopg.AsyncConnection[Any]:
         raise StoreUnavailableError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from exc
 
 
-async def open_store(dsn: str, schema: str) -> PostgresStore:
+async def open_store(dsn: str, schema: str, *, verify_schema: bool = False) -> PostgresStore:
     """A small pool: a command needs a few connections at most."""
     return await PostgresStore.open(
-        dsn, schema=schema, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT_SECS
+        dsn,
+        schema=schema,
+        min_size=1,
+        max_size=4,
+        timeout=CONNECT_TIMEOUT_SECS,
+        verify_schema=verify_schema,
     )
 
 
@@ -224,16 +229,11 @@ def _versions(versions: Sequence[int]) -> str:
 
 
 def _describe_status(schema: str, status: SchemaStatus) -> str:
-    if status.current:
-        return f"schema {schema!r} is current (applied: {_versions(status.applied)})"
-    problems = []
-    if status.pending:
-        problems.append(f"pending: {_versions(status.pending)}")
-    if status.changed:
-        problems.append(f"changed since applied: {_versions(status.changed)}")
-    if status.unknown:
-        problems.append(f"unknown to this turnstore: {_versions(status.unknown)}")
-    return f"schema {schema!r} is not current ({'; '.join(problems)})"
+    try:
+        status.require_current(schema)
+    except SchemaMismatchError as exc:
+        return str(exc)
+    return f"schema {schema!r} is current (applied: {_versions(status.applied)})"
 
 
 # --------------------------------------------------------------------------- commands
@@ -257,16 +257,16 @@ async def _migrate_command(dsn: str, schema: str, check: bool, out: TextIO) -> i
 
 
 async def _sweep_command(dsn: str, schema: str, settings: WatchdogSettings, out: TextIO) -> int:
-    conn = await connect(dsn)
-    async with conn:
-        status = await check_schema(conn, schema=schema)
-    if not status.current:
-        print(
-            f"turnstore: error: {_describe_status(schema, status)}; run 'turnstore migrate'",
-            file=sys.stderr,
-        )
+    # One plain connection first: an unreachable server fails at once, where the pool would
+    # keep retrying until its timeout.
+    async with await connect(dsn):
+        pass
+    try:
+        store = await open_store(dsn, schema, verify_schema=True)
+    except SchemaMismatchError as exc:
+        print(f"turnstore: error: {exc}; run 'turnstore migrate'", file=sys.stderr)
         return EXIT_STORE_ERROR
-    async with await open_store(dsn, schema) as store:
+    async with store:
         report = await OrphanWatchdog(store, settings).run_once()
     _print_sweep(report, schema, settings, out)
     return EXIT_OK
