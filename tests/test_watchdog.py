@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pydantic
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from lifecycle_support import Chat, HookRecorder, tapped
 from turnstore.errors import InvalidParameterError
@@ -30,6 +31,7 @@ from turnstore.watchdog import (
     WatchdogMetrics,
     WatchdogSettings,
     advisory_lock_key,
+    leader_connection_kwargs,
 )
 
 TIMEOUT = 60
@@ -64,6 +66,25 @@ def election_for(backend: BackendHarness) -> LeaderElection:
     if backend.name == "memory":
         return InProcessElection(store)
     return AdvisoryLockElection.from_dsn(store.dsn, advisory_lock_key(store.schema))
+
+
+class RaisingMetrics(WatchdogMetrics):
+    """Metrics whose every hook fails, after counting the call."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def orphan_detected(self, turn: Turn) -> None:
+        self.calls.append("detected")
+        raise RuntimeError("metrics backend down")
+
+    def orphan_finalized(self, turn: Turn) -> None:
+        self.calls.append("finalized")
+        raise RuntimeError("metrics backend down")
+
+    def scan_duration(self, seconds: float) -> None:
+        self.calls.append("duration")
+        raise RuntimeError("metrics backend down")
 
 
 class RecordingMetrics(WatchdogMetrics):
@@ -249,6 +270,97 @@ async def test_settlement_error_rolls_back_and_the_next_sweep_retries(
     assert [t.id for t in again.finalized] == [turn.id]
 
 
+async def test_a_raising_metrics_hook_never_stops_the_sweep(
+    turnstore_backend: BackendHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await orphan(turnstore_backend)
+    second = await orphan(turnstore_backend)
+    metrics = RaisingMetrics()
+    settle = HookRecorder()
+    watchdog = OrphanWatchdog(
+        turnstore_backend.store, SETTINGS, settlement_hook=settle, metrics=metrics
+    )
+    report = await watchdog.run_once()
+    assert {t.id for t in report.detected} == {first.id, second.id}
+    assert {t.id for t in report.finalized} == {first.id, second.id}
+    assert report.settlement_errors == ()
+    assert len(settle.rows) == 2
+    for turn in (first, second):
+        assert (await reload(turnstore_backend.store, turn)).state is TurnState.FAILED
+    assert sorted(metrics.calls) == ["detected"] * 2 + ["duration"] + ["finalized"] * 2
+    logged = [r for r in caplog.records if r.name == "turnstore.watchdog" and r.exc_info]
+    assert len(logged) == 5
+    assert not watchdog.is_leader
+
+
+def loop_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "turnstore-orphan-watchdog"]
+
+
+async def looping_in_settlement(
+    backend: BackendHarness, release: asyncio.Event
+) -> tuple[OrphanWatchdog[Any], Turn]:
+    """A running watchdog whose loop is inside the settlement hook of an orphan."""
+    turn = await orphan(backend)
+    in_settlement = asyncio.Event()
+
+    async def slow_settle(runner: Any, row: Turn) -> None:
+        in_settlement.set()
+        await release.wait()
+
+    settings = WatchdogSettings(orphan_timeout_secs=TIMEOUT, scan_interval_secs=0.01)
+    watchdog = OrphanWatchdog(backend.store, settings, settlement_hook=slow_settle)
+    await watchdog.start()
+    await asyncio.wait_for(in_settlement.wait(), timeout=30)
+    assert watchdog.is_leader
+    return watchdog, turn
+
+
+async def test_stop_cancelled_mid_sweep_leaves_no_task_or_leadership(
+    turnstore_backend: BackendHarness,
+) -> None:
+    release = asyncio.Event()
+    watchdog, turn = await looping_in_settlement(turnstore_backend, release)
+    try:
+        stopping = asyncio.create_task(watchdog.stop())
+        await asyncio.sleep(0)  # stop() is now waiting for the scan in flight
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert loop_tasks() == []
+        assert not watchdog.is_leader
+        assert not watchdog.running
+        # The interrupted settlement rolled back: the orphan waits for the next scan.
+        assert (await reload(turnstore_backend.store, turn)).state is TurnState.RUNNING
+        other = OrphanWatchdog(turnstore_backend.store, SETTINGS)
+        assert await other.elect()
+        await other.stop()
+    finally:
+        release.set()
+        for task in loop_tasks():
+            await asyncio.wait({task})
+        await watchdog.stop()
+
+
+async def test_stop_gives_leadership_up_after_the_loop_was_cancelled(
+    turnstore_backend: BackendHarness,
+) -> None:
+    release = asyncio.Event()
+    watchdog, _ = await looping_in_settlement(turnstore_backend, release)
+    try:
+        [task] = loop_tasks()
+        task.cancel()  # a host cancelling every task at shutdown
+        await asyncio.wait({task})
+        await watchdog.stop()
+        assert not watchdog.is_leader
+        other = OrphanWatchdog(turnstore_backend.store, SETTINGS)
+        assert await other.elect()
+        await other.stop()
+    finally:
+        release.set()
+        await watchdog.stop()
+
+
 async def test_loop_finalizes_and_stops_cleanly(turnstore_backend: BackendHarness) -> None:
     turn = await orphan(turnstore_backend)
     metrics = RecordingMetrics()
@@ -352,3 +464,208 @@ async def test_terminating_the_leaders_backend_hands_leadership_over(
     finally:
         await first.stop()
         await second.stop()
+
+
+# --------------------------------------------------------------------------- leader session
+
+
+class HoldingProxy:
+    """A TCP relay to the test server that can hold back the server's replies: a session
+    whose server stops answering, as on a silent network partition, without touching the
+    server. Closing the client side still ends the server's session."""
+
+    def __init__(self, dsn: str) -> None:
+        params = conninfo_to_dict(dsn)
+        self._dsn = dsn
+        self._host = str(params.get("host") or "localhost")
+        self._port = int(params.get("port") or 5432)
+        self._replies = asyncio.Event()
+        self._replies.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> HoldingProxy:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._replies.set()
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+    @property
+    def dsn(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return make_conninfo(self._dsn, host="127.0.0.1", port=port)
+
+    def hold(self) -> None:
+        self._replies.clear()
+
+    def resume(self) -> None:
+        self._replies.set()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.append(writer)
+        try:
+            if self._host.startswith("/"):
+                path = f"{self._host}/.s.PGSQL.{self._port}"
+                up_reader, up_writer = await asyncio.open_unix_connection(path)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
+            self._writers.append(up_writer)
+            await asyncio.gather(
+                self._pipe(reader, up_writer, None),
+                self._pipe(up_reader, writer, self._replies),
+                return_exceptions=True,
+            )
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    @staticmethod
+    async def _pipe(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None
+    ) -> None:
+        try:
+            while data := await src.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                dst.write(data)
+                await dst.drain()
+        finally:
+            dst.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Wait (bounded) for a server-side effect no client event announces."""
+    for _ in range(300):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"never happened: {what}")
+
+
+def lock_key(store: Any) -> int:
+    return advisory_lock_key(store.schema)
+
+
+async def test_leader_connection_is_bounded_unless_the_dsn_says_otherwise(
+    turnstore_postgres_store: Any, turnstore_pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    key = lock_key(turnstore_postgres_store)
+
+    async def options(dsn: str) -> dict[str, str | None]:
+        election = AdvisoryLockElection.from_dsn(dsn, key)
+        assert await election.acquire()
+        try:
+            conn = election._conn  # the dedicated session itself: what libpq really uses
+            assert conn is not None
+            info = {o.keyword.decode(): o.val for o in conn.pgconn.info}
+            return {k: None if v is None else v.decode() for k, v in info.items()}
+        finally:
+            await election.release()
+
+    defaults = await options(turnstore_pg_dsn)
+    assert defaults["connect_timeout"] == "10"
+    assert defaults["keepalives"] == "1"
+    assert (defaults["keepalives_idle"], defaults["keepalives_interval"]) == ("30", "10")
+    assert defaults["keepalives_count"] == "3"
+    assert defaults["application_name"] == "turnstore-watchdog"
+
+    own = await options(make_conninfo(turnstore_pg_dsn, connect_timeout=3, keepalives_idle=7))
+    assert (own["connect_timeout"], own["keepalives_idle"]) == ("3", "7")
+    assert own["keepalives_interval"] == "10"
+
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
+    assert "connect_timeout" not in leader_connection_kwargs(turnstore_pg_dsn)
+    assert (await options(turnstore_pg_dsn))["connect_timeout"] == "4"
+    # A host pool's own connection options win over the defaults too.
+    pool_kwargs = leader_connection_kwargs(turnstore_pg_dsn, {"keepalives_idle": 5})
+    assert pool_kwargs["keepalives_idle"] == 5
+    assert pool_kwargs["autocommit"] is True
+
+
+def test_a_non_positive_check_timeout_is_refused() -> None:
+    for bad in (0, -1.0):
+        with pytest.raises(InvalidParameterError, match="check_timeout_secs"):
+            AdvisoryLockElection.from_dsn("dbname=x", 1, check_timeout_secs=bad)
+
+
+async def test_a_leader_session_that_stops_answering_loses_leadership(
+    turnstore_postgres_store: Any, turnstore_pg_dsn: str
+) -> None:
+    key = lock_key(turnstore_postgres_store)
+    async with HoldingProxy(turnstore_pg_dsn) as proxy:
+        # Losing leadership, acquire() tries to win again at once: through the silent
+        # proxy that attempt ends at the DSN's own connect_timeout (libpq's minimum).
+        dsn = make_conninfo(proxy.dsn, connect_timeout=2)
+        kwargs = leader_connection_kwargs(dsn)
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+
+        leader = AdvisoryLockElection(connect, key, check_timeout_secs=0.2)
+        other = AdvisoryLockElection.from_dsn(turnstore_pg_dsn, key)
+        try:
+            assert await leader.acquire()
+            assert not await other.acquire()
+            proxy.hold()  # the server goes silent
+            assert not await asyncio.wait_for(leader.acquire(), timeout=20)
+            assert not leader.is_leader
+            # The abandoned session was closed, so the server released the lock.
+            await eventually(other.acquire, "another election wins")
+        finally:
+            await leader.release()
+            await other.release()
+
+
+async def test_cancelled_after_the_lock_was_granted_leaves_no_lock_behind(
+    turnstore_postgres_store: Any, turnstore_pg_dsn: str
+) -> None:
+    key = lock_key(turnstore_postgres_store)
+    async with (
+        HoldingProxy(turnstore_pg_dsn) as proxy,
+        await psycopg.AsyncConnection.connect(turnstore_pg_dsn, autocommit=True) as admin,
+    ):
+        kwargs = leader_connection_kwargs(proxy.dsn)
+        opened: list[psycopg.AsyncConnection[Any]] = []  # kept: only the election may close
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            conn = await psycopg.AsyncConnection.connect(proxy.dsn, **kwargs)
+            opened.append(conn)
+            proxy.hold()  # the server will grant the lock, its answer stays in flight
+            return conn
+
+        election = AdvisoryLockElection(connect, key, check_timeout_secs=60)
+        other = AdvisoryLockElection.from_dsn(turnstore_pg_dsn, key)
+        acquiring = asyncio.create_task(election.acquire())
+        try:
+
+            async def granted() -> bool:
+                return len(await leader_backend_pids(admin)) == 1
+
+            await eventually(granted, "the server granted the lock")
+            acquiring.cancel()
+            proxy.resume()
+            with pytest.raises(asyncio.CancelledError):
+                await acquiring
+            assert not election.is_leader
+            assert [conn.closed for conn in opened] == [True]
+            await eventually(other.acquire, "another election wins")
+        finally:
+            proxy.resume()
+            for conn in opened:
+                await conn.close()
+            await asyncio.wait({acquiring})
+            await election.release()
+            await other.release()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,7 @@ from typing import Annotated, Any, Generic, Protocol
 from uuid import UUID
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import BaseModel, ConfigDict, Field
 
 from turnstore.errors import InvalidParameterError
@@ -35,7 +37,9 @@ from turnstore.repository import RunnerT, TurnStore
 from turnstore.scope import AccessScope
 
 __all__ = [
+    "DEFAULT_LEADER_CHECK_TIMEOUT_SECS",
     "DEFAULT_ORPHAN_TIMEOUT_SECS",
+    "LEADER_CONNECTION_DEFAULTS",
     "MAX_ORPHAN_TIMEOUT_SECS",
     "MIN_ORPHAN_TIMEOUT_SECS",
     "AdvisoryLockElection",
@@ -48,6 +52,7 @@ __all__ = [
     "WatchdogMetrics",
     "WatchdogSettings",
     "advisory_lock_key",
+    "leader_connection_kwargs",
 ]
 
 logger = logging.getLogger("turnstore.watchdog")
@@ -55,6 +60,21 @@ logger = logging.getLogger("turnstore.watchdog")
 #: The ``application_name`` of the leader's dedicated connection, to spot it in
 #: ``pg_stat_activity``.
 _APPLICATION_NAME = "turnstore-watchdog"
+
+#: Bounds given to the leader's dedicated connection unless its conninfo (or, for the
+#: connect timeout, ``PGCONNECT_TIMEOUT``) already sets them: a server that vanishes
+#: without closing the socket is noticed by TCP keepalives instead of never.
+LEADER_CONNECTION_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+#: Seconds the leader waits for its session to answer a query (the liveness check before
+#: each scan, the lock attempt, the unlock) before it treats the session as lost.
+DEFAULT_LEADER_CHECK_TIMEOUT_SECS = 10.0
 
 MIN_ORPHAN_TIMEOUT_SECS = 60
 MAX_ORPHAN_TIMEOUT_SECS = 3600
@@ -149,27 +169,67 @@ def advisory_lock_key(schema: str) -> int:
 ConnectionFactory = Callable[[], Awaitable["psycopg.AsyncConnection[Any]"]]
 
 
+def leader_connection_kwargs(conninfo: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``psycopg.AsyncConnection.connect(conninfo, **result)`` that
+    open the leader's dedicated connection: ``kwargs`` plus autocommit, the watchdog's
+    ``application_name`` and every ``LEADER_CONNECTION_DEFAULTS`` entry that neither
+    ``conninfo`` nor ``kwargs`` sets."""
+    given = set(conninfo_to_dict(conninfo)) | set(kwargs or {})
+    if os.environ.get("PGCONNECT_TIMEOUT"):
+        given.add("connect_timeout")
+    result: dict[str, Any] = {k: v for k, v in LEADER_CONNECTION_DEFAULTS.items() if k not in given}
+    result.update(kwargs or {})
+    result.update(autocommit=True, application_name=_APPLICATION_NAME)
+    return result
+
+
+class _NoAnswer(Exception):
+    """The leader's session did not answer in time; its connection has been closed."""
+
+
 class AdvisoryLockElection:
     """Leadership = a session-level ``pg_try_advisory_lock`` held on a dedicated connection.
 
     The lock lives exactly as long as that session: if the connection dies (network, crash,
     ``pg_terminate_backend``), the server releases it, the next ``acquire`` here notices the
     dead connection and reports lost leadership, and another instance wins at its next try.
+    Every query on that session is bounded by ``check_timeout_secs``: a session that does
+    not answer in time is closed and counts as lost, so neither a scan nor ``stop()`` waits
+    on a server that vanished silently.
     """
 
-    def __init__(self, connect: ConnectionFactory, key: int) -> None:
+    def __init__(
+        self,
+        connect: ConnectionFactory,
+        key: int,
+        *,
+        check_timeout_secs: float = DEFAULT_LEADER_CHECK_TIMEOUT_SECS,
+    ) -> None:
+        if not check_timeout_secs > 0:
+            raise InvalidParameterError(
+                f"check_timeout_secs must be positive, got {check_timeout_secs!r}"
+            )
         self._connect = connect
         self._key = key
+        self._check_timeout_secs = check_timeout_secs
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     @classmethod
-    def from_dsn(cls, dsn: str, key: int) -> AdvisoryLockElection:
-        async def connect() -> psycopg.AsyncConnection[Any]:
-            return await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, application_name=_APPLICATION_NAME
-            )
+    def from_dsn(
+        cls,
+        dsn: str,
+        key: int,
+        *,
+        check_timeout_secs: float = DEFAULT_LEADER_CHECK_TIMEOUT_SECS,
+    ) -> AdvisoryLockElection:
+        """An election over connections opened from ``dsn`` (see
+        ``leader_connection_kwargs`` for the options added to it)."""
+        kwargs = leader_connection_kwargs(dsn)
 
-        return cls(connect, key)
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+
+        return cls(connect, key, check_timeout_secs=check_timeout_secs)
 
     @property
     def key(self) -> int:
@@ -180,38 +240,81 @@ class AdvisoryLockElection:
         return self._conn is not None
 
     async def acquire(self) -> bool:
-        if self._conn is not None:
+        held = self._conn
+        if held is not None:
+            alive = False
             try:
-                await self._conn.execute("SELECT 1")
+                await self._ask(held, "SELECT 1")
+                alive = True
+            except (psycopg.Error, _NoAnswer) as exc:
+                logger.warning("watchdog leader connection lost (%s); leadership given up", exc)
+            finally:
+                if not alive:  # also when this task is cancelled mid-check
+                    await self._discard()
+            if alive:
                 return True
-            except psycopg.Error:
-                logger.warning("watchdog leader connection lost; leadership given up")
-                await self._discard()
         try:
             conn = await self._connect()
         except psycopg.Error as exc:
             logger.warning("watchdog cannot connect to elect a leader: %s", exc)
             return False
         try:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
-            row = await cur.fetchone()
-        except psycopg.Error as exc:
+            won = await self._ask(conn, "SELECT pg_try_advisory_lock(%s)", (self._key,))
+            if won is True:
+                self._conn = conn
+        except (psycopg.Error, _NoAnswer) as exc:
             logger.warning("watchdog leader election failed: %s", exc)
-            await conn.close()
+        finally:
+            # A connection not stored, for whatever reason (lost race, error, cancellation
+            # after the server granted the lock), is closed: it may hold the lock.
+            if self._conn is not conn:
+                await conn.close()
+        if self._conn is not conn:
             return False
-        if row is None or row[0] is not True:
-            await conn.close()
-            return False
-        self._conn = conn
         logger.info("watchdog became leader (advisory lock %s)", self._key)
         return True
 
     async def release(self) -> None:
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
             return
-        with contextlib.suppress(psycopg.Error):  # a dead session has released the lock
-            await self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
-        await self._discard()
+        try:
+            # A dead session has released the lock; closing ends it either way.
+            with contextlib.suppress(psycopg.Error, _NoAnswer):
+                await self._ask(conn, "SELECT pg_advisory_unlock(%s)", (self._key,))
+        finally:
+            await self._discard()
+
+    async def _ask(
+        self, conn: psycopg.AsyncConnection[Any], query: str, params: tuple[Any, ...] = ()
+    ) -> object:
+        """The first value ``query`` returns on ``conn``, within ``check_timeout_secs``.
+
+        On a timeout (or this task's cancellation) the connection is closed before the
+        query is abandoned, so psycopg does not wait again on a session that is not
+        answering, and a lock the server may have granted meanwhile is released with it.
+        """
+
+        async def run() -> object:
+            cur = await conn.execute(query, params)
+            row = await cur.fetchone()
+            return None if row is None else row[0]
+
+        task = asyncio.ensure_future(run())
+        timed_out = False
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._check_timeout_secs)
+            timed_out = not done
+        finally:
+            if not task.done():  # timed out, or this task was cancelled while waiting
+                await conn.close()
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()  # the closed connection is all it can report
+        if timed_out:
+            raise _NoAnswer(f"no answer within {self._check_timeout_secs} s")
+        return task.result()
 
     async def _discard(self) -> None:
         conn, self._conn = self._conn, None
@@ -262,8 +365,7 @@ def default_election(store: TurnStore[Any]) -> LeaderElection:
     pool = getattr(store, "pool", None)
     conninfo = getattr(pool, "conninfo", None)
     if isinstance(conninfo, str):
-        kwargs = dict(getattr(pool, "kwargs", None) or {})
-        kwargs.update(autocommit=True, application_name=_APPLICATION_NAME)
+        kwargs = leader_connection_kwargs(conninfo, dict(getattr(pool, "kwargs", None) or {}))
 
         async def connect() -> psycopg.AsyncConnection[Any]:
             return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
@@ -344,7 +446,7 @@ class OrphanWatchdog(Generic[RunnerT]):
             candidates = await turns.find_orphan_candidates(runner, timeout, settings.batch_limit)
         for turn in candidates:
             logger.info("orphan candidate: turn %s of chat %s", turn.id, turn.chat_id)
-            self._metrics.orphan_detected(turn)
+            self._notify(self._metrics.orphan_detected, turn)
         finalized: list[Turn] = []
         errors: list[UUID] = []
         for candidate in candidates:
@@ -359,9 +461,9 @@ class OrphanWatchdog(Generic[RunnerT]):
                 continue
             logger.info("orphan turn %s failed with orphan_timeout", final.id)
             finalized.append(final)
-            self._metrics.orphan_finalized(final)
+            self._notify(self._metrics.orphan_finalized, final)
         duration = time.perf_counter() - started
-        self._metrics.scan_duration(duration)
+        self._notify(self._metrics.scan_duration, duration)
         return SweepReport(
             leader=True,
             detected=tuple(candidates),
@@ -369,6 +471,14 @@ class OrphanWatchdog(Generic[RunnerT]):
             settlement_errors=tuple(errors),
             duration_secs=duration,
         )
+
+    @staticmethod
+    def _notify(hook: Callable[[Any], None], value: object) -> None:
+        """Call a metrics hook; a hook that raises is logged and never stops the sweep."""
+        try:
+            hook(value)
+        except Exception:
+            logger.exception("watchdog metrics hook %s raised; ignored", hook.__name__)
 
     async def _finalize(self, candidate: Turn) -> Turn | None:
         """CAS one candidate and settle it in one transaction; the row if this call won."""
@@ -397,12 +507,24 @@ class OrphanWatchdog(Generic[RunnerT]):
         self._task = asyncio.create_task(self._loop(), name="turnstore-orphan-watchdog")
 
     async def stop(self) -> None:
-        """Stop the loop after the current scan and give leadership up."""
+        """Stop the loop after the current scan and give leadership up.
+
+        If ``stop()`` itself is cancelled while the scan is still running, the loop is
+        cancelled too; either way no task and no leader connection is left behind.
+        """
         task, self._task = self._task, None
         self._stopping.set()
-        if task is not None:
-            await task
-        await self._election.release()
+        try:
+            if task is not None:
+                await asyncio.wait({task})
+        finally:
+            if task is not None:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait({task})
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("orphan watchdog loop failed", exc_info=task.exception())
+            await self._election.release()
 
     async def __aenter__(self) -> OrphanWatchdog[RunnerT]:
         await self.start()
@@ -419,7 +541,7 @@ class OrphanWatchdog(Generic[RunnerT]):
     async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                if await self.elect():
+                if await self.elect() and not self._stopping.is_set():
                     async with self._sweep_lock:
                         await self._sweep()
             except Exception:
