@@ -20,6 +20,7 @@ from uuid import uuid4
 
 import pytest
 from psycopg.errors import DeadlockDetected, InFailedSqlTransaction
+from pydantic import ValidationError
 
 from turnstore import rules
 from turnstore.errors import (
@@ -537,6 +538,8 @@ async def test_a_busy_autocommit_runner_queues_calls_on_free_rows(store: InMemor
 
 async def test_returned_turns_are_copies(store: InMemoryStore) -> None:
     created = await create(store)
+    with pytest.raises(ValidationError, match="frozen"):
+        created.state = TurnState.FAILED  # type: ignore[misc]
     created.__dict__["state"] = TurnState.FAILED
     object.__setattr__(created, "error_code", "tampered")
     async with store.connection() as runner:
