@@ -54,6 +54,7 @@ from turnstore.model import (
     Turn,
     TurnState,
     UpdatePreflightParams,
+    trusted_turn,
 )
 from turnstore.postgres import validate_orphan_args
 from turnstore.scope import AccessScope
@@ -161,42 +162,24 @@ class _Row:
     holder: _Txn | None = None
 
 
-_TURN_FIELDS = frozenset(Turn.model_fields)
 _CREATE_FIELDS = tuple(CreateTurnParams.model_fields)
 #: Every field in the model's order, holding the column defaults ``create_turn`` leaves.
 _INSERT_TEMPLATE: dict[str, Any] = {
     name: None if field.is_required() else field.default
     for name, field in Turn.model_fields.items()
 }
-_new_turn = Turn.__new__
-_set = object.__setattr__
-
-
-def _build_turn(data: dict[str, Any]) -> Turn:
-    """A ``Turn`` holding ``data`` (every field, already of the field's type), unvalidated.
-
-    Every value comes from a validated parameter model, a stored row or the clock, so the
-    model's validation is not run again (it would cost more than the rest of a call). The
-    result is the same as the PostgreSQL backend's rows: all fields set, no extras.
-    """
-    turn = _new_turn(Turn)
-    _set(turn, "__dict__", data)
-    _set(turn, "__pydantic_fields_set__", set(_TURN_FIELDS))
-    _set(turn, "__pydantic_extra__", None)
-    _set(turn, "__pydantic_private__", None)
-    return turn
 
 
 def _evolve(turn: Turn, changes: dict[str, Any]) -> Turn:
     """A new version of ``turn`` with ``changes``: the fake's UPDATE."""
     data = turn.__dict__.copy()
     data.update(changes)
-    return _build_turn(data)
+    return trusted_turn(data)
 
 
 def _copy(turn: Turn) -> Turn:
     """A copy for the caller, so that nothing a caller does can reach a stored row."""
-    return _build_turn(turn.__dict__.copy())
+    return trusted_turn(turn.__dict__.copy())
 
 
 def _out(turn: Turn | None) -> Turn | None:
@@ -702,7 +685,7 @@ def _inserted_turn(params: CreateTurnParams, now: datetime) -> Turn:
         data[name] = given[name]
     data["state"] = TurnState.RUNNING
     data["started_at"] = data["last_progress_at"] = data["updated_at"] = now
-    return _build_turn(data)
+    return trusted_turn(data)
 
 
 def _keep_unless_given(new: Any, old: Any) -> Any:

@@ -62,6 +62,7 @@ from turnstore.model import (
     Turn,
     TurnState,
     UpdatePreflightParams,
+    trusted_turn,
 )
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import PROPERTY_COLUMNS, AccessScope, FilterOp
@@ -182,9 +183,6 @@ _REQUESTER_INDEX = _COLUMNS.index("requester_type")
 _STATES = {s.value: s for s in TurnState}
 _REQUESTERS = {r.value: r for r in RequesterType}
 _COLUMN_LIST = ", ".join(_COLUMNS)
-_turn_new = Turn.__new__
-_set = object.__setattr__
-_FIELDS_SET = frozenset(_COLUMNS)
 
 
 def _make_turn(values: Sequence[Any]) -> Turn:
@@ -197,12 +195,7 @@ def _make_turn(values: Sequence[Any]) -> Turn:
     data = dict(zip(_COLUMNS, values, strict=False))  # our own SELECT list: same length
     data["state"] = _STATES[values[_STATE_INDEX]]
     data["requester_type"] = _REQUESTERS[values[_REQUESTER_INDEX]]
-    turn = _turn_new(Turn)
-    _set(turn, "__dict__", data)
-    _set(turn, "__pydantic_fields_set__", set(_FIELDS_SET))
-    _set(turn, "__pydantic_extra__", None)
-    _set(turn, "__pydantic_private__", None)
-    return turn
+    return trusted_turn(data)
 
 
 def _turn_rows(cursor: Any) -> RowMaker[Turn]:
