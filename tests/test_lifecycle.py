@@ -727,6 +727,7 @@ async def test_a_scope_naming_one_turn_cannot_make_an_older_turn_the_last(
             await mutate(narrow, chat.chat_id, older.request_id, chat.user_id)
         assert info.value.turn_id == older.id
         assert info.value.latest_turn_id is None
+        assert str(info.value) == f"turn {older.id} is not the latest turn of its chat"
     assert (await reload(turnstore_backend, older)).deleted_at is None
     latest = await latest_of(turnstore_backend, chat)
     assert latest is not None

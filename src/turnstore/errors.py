@@ -157,9 +157,8 @@ class NotLatestTurnError(TurnStoreError):
     def __init__(self, turn_id: UUID, latest_turn_id: UUID | None) -> None:
         self.turn_id = turn_id
         self.latest_turn_id = latest_turn_id
-        super().__init__(
-            f"turn {turn_id} is not the latest turn of its chat (latest: {latest_turn_id})"
-        )
+        suffix = f" (latest: {latest_turn_id})" if latest_turn_id is not None else ""
+        super().__init__(f"turn {turn_id} is not the latest turn of its chat{suffix}")
 
 
 class StoreUnavailableError(TurnStoreError):
