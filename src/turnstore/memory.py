@@ -54,9 +54,12 @@ from turnstore.model import (
     Turn,
     TurnState,
     UpdatePreflightParams,
+    check_instance,
+    check_scope,
+    check_uuid,
     trusted_turn,
+    validate_orphan_args,
 )
-from turnstore.postgres import validate_orphan_args
 from turnstore.scope import AccessScope
 
 __all__ = [
@@ -655,27 +658,6 @@ def _idle_autocommit(runner: InMemoryConnection) -> _Database | None:
 _NO_WRITES = _Txn()
 
 
-def _require(name: str, value: object, kind: type, kind_name: str) -> None:
-    """Reject an argument of the wrong type the way the PostgreSQL backend does."""
-    if not isinstance(value, kind):
-        raise InvalidParameterError(f"{name} must be a {kind_name}, got {type(value).__name__}")
-
-
-def _require_uuid(name: str, value: object) -> None:
-    _require(name, value, UUID, "uuid.UUID")
-
-
-def _require_params(value: object, kind: type) -> None:
-    _require("params", value, kind, kind.__name__)
-
-
-def _require_scope(scope: object) -> None:
-    """Checked after the other arguments, as the PostgreSQL backend compiles the scope
-    last: a scope of the wrong type is refused even when no row would be read."""
-    if not isinstance(scope, AccessScope):
-        raise InvalidParameterError(f"scope must be an AccessScope, got {type(scope).__name__}")
-
-
 def _inserted_turn(params: CreateTurnParams, now: datetime) -> Turn:
     """The row ``create_turn`` inserts: the parameters' fields (a subclass's extras are
     not columns), the columns' defaults, ``running``, and the statement's clock reading."""
@@ -703,8 +685,8 @@ class InMemoryTurnRepository:
     async def create_turn(
         self, runner: InMemoryConnection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
-        _require_params(params, CreateTurnParams)
-        _require_scope(scope)
+        check_instance("params", params, CreateTurnParams)
+        check_scope(scope)
         if not scope.permits(params):
             raise ScopeDeniedError(params.id, params.tenant_id)
         # One clock reading per statement, taken before any wait, as the INSERT's VALUES
@@ -752,9 +734,9 @@ class InMemoryTurnRepository:
     async def find_by_chat_and_request_id(
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID, request_id: UUID
     ) -> Turn | None:
-        _require_uuid("chat_id", chat_id)
-        _require_uuid("request_id", request_id)
-        _require_scope(scope)
+        check_uuid("chat_id", chat_id)
+        check_uuid("request_id", request_id)
+        check_scope(scope)
         async with _statement(runner) as (db, txn):
             turn_id = db.by_request.get((chat_id, request_id))
             turn = db.get(txn, turn_id) if turn_id is not None else None
@@ -763,8 +745,8 @@ class InMemoryTurnRepository:
     async def find_running_by_chat_id(
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
-        _require_uuid("chat_id", chat_id)
-        _require_scope(scope)
+        check_uuid("chat_id", chat_id)
+        check_scope(scope)
         async with _statement(runner) as (db, txn):
             turn = db.running_turn(txn, chat_id)
             return _out(turn) if turn is not None and scope.permits(turn) else None
@@ -772,8 +754,8 @@ class InMemoryTurnRepository:
     async def cas_update_state(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
-        _require_params(params, CasTerminalParams)
-        _require_scope(scope)
+        check_instance("params", params, CasTerminalParams)
+        check_scope(scope)
         return await _update_count(
             runner,
             scope,
@@ -797,8 +779,8 @@ class InMemoryTurnRepository:
     async def cas_update_completed(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
-        _require_params(params, CasCompleteParams)
-        _require_scope(scope)
+        check_instance("params", params, CasCompleteParams)
+        check_scope(scope)
         return await _update_count(
             runner,
             scope,
@@ -822,9 +804,9 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         assistant_message_id: UUID,
     ) -> None:
-        _require_uuid("turn_id", turn_id)
-        _require_uuid("assistant_message_id", assistant_message_id)
-        _require_scope(scope)
+        check_uuid("turn_id", turn_id)
+        check_uuid("assistant_message_id", assistant_message_id)
+        check_scope(scope)
         written = await _update(
             runner,
             scope,
@@ -842,10 +824,10 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         replaced_by_request_id: UUID | None,
     ) -> None:
-        _require_uuid("turn_id", turn_id)
+        check_uuid("turn_id", turn_id)
         if replaced_by_request_id is not None:
-            _require_uuid("replaced_by_request_id", replaced_by_request_id)
-        _require_scope(scope)
+            check_uuid("replaced_by_request_id", replaced_by_request_id)
+        check_scope(scope)
 
         def first_delete_only(turn: Turn, now: datetime) -> dict[str, Any]:
             # A repeated delete changes no value but, like the UPDATE it stands for, still
@@ -864,16 +846,16 @@ class InMemoryTurnRepository:
     async def find_latest_turn(
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
-        _require_uuid("chat_id", chat_id)
-        _require_scope(scope)
+        check_uuid("chat_id", chat_id)
+        check_scope(scope)
         async with _statement(runner) as (db, txn):
             return _out(db.latest_turn(txn, scope, chat_id))
 
     async def update_progress_at(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
     ) -> int:
-        _require_uuid("turn_id", turn_id)
-        _require_scope(scope)
+        check_uuid("turn_id", turn_id)
+        check_scope(scope)
         return await _update_count(
             runner,
             scope,
@@ -893,7 +875,7 @@ class InMemoryTurnRepository:
     async def cas_finalize_orphan(
         self, runner: InMemoryConnection, turn_id: UUID, timeout_secs: int
     ) -> int:
-        _require_uuid("turn_id", turn_id)
+        check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
         # The statement's one reading serves the first check and, after a wait, the
         # re-check: a turn kept alive meanwhile is no longer an orphan at that instant.
@@ -916,8 +898,8 @@ class InMemoryTurnRepository:
         """Take the chat's lock, lock the latest turn, then re-read the latest: when a
         transaction that bypassed the chat lock replaced the row waited on, go again
         (as the PostgreSQL backend does, a bounded number of times)."""
-        _require_uuid("chat_id", chat_id)
-        _require_scope(scope)
+        check_uuid("chat_id", chat_id)
+        check_scope(scope)
         async with _statement(runner) as (db, txn):
             await db.lock_chat(txn, chat_id)
             turn: Turn | None = None
@@ -931,8 +913,8 @@ class InMemoryTurnRepository:
     async def update_preflight_fields(
         self, runner: InMemoryConnection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
-        _require_params(params, UpdatePreflightParams)
-        _require_scope(scope)
+        check_instance("params", params, UpdatePreflightParams)
+        check_scope(scope)
         fields = params.model_dump(exclude={"turn_id"})
         return await _update_count(
             runner,
@@ -945,10 +927,10 @@ class InMemoryTurnRepository:
     async def increment_tool_calls(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
-        _require_uuid("turn_id", turn_id)
+        check_uuid("turn_id", turn_id)
         if tool not in _TOOLS:
             raise InvalidParameterError(f"tool must be a ToolCallType, got {tool!r}")
-        _require_scope(scope)
+        check_scope(scope)
         counter = ToolCallType(tool).column
         await _update(
             runner,

@@ -20,6 +20,9 @@ from pydantic import (
     model_validator,
 )
 
+from turnstore.errors import InvalidParameterError
+from turnstore.scope import AccessScope
+
 __all__ = [
     "INT4_MAX",
     "INT8_MAX",
@@ -31,7 +34,11 @@ __all__ = [
     "Turn",
     "TurnState",
     "UpdatePreflightParams",
+    "check_instance",
+    "check_scope",
+    "check_uuid",
     "trusted_turn",
+    "validate_orphan_args",
 ]
 
 INT4_MAX = 2**31 - 1
@@ -291,3 +298,40 @@ class UpdatePreflightParams(BaseModel):
     def _rules(self) -> UpdatePreflightParams:
         _check_reserve(self.reserve_tokens, self.max_output_tokens_applied)
         return self
+
+
+# ---- argument checks of the repository methods, shared by both backends so that a bad
+# argument gets the same InvalidParameterError, with the same message, everywhere.
+
+
+def check_instance(name: str, value: object, kind: type, kind_name: str | None = None) -> None:
+    """Refuse ``value`` unless it is a ``kind``."""
+    if not isinstance(value, kind):
+        raise InvalidParameterError(
+            f"{name} must be a {kind_name or kind.__name__}, got {type(value).__name__}"
+        )
+
+
+def check_uuid(name: str, value: object) -> None:
+    """Refuse an id that is not a ``uuid.UUID`` (a string is refused too)."""
+    if not isinstance(value, UUID):
+        raise InvalidParameterError(f"{name} must be a uuid.UUID, got {type(value).__name__}")
+
+
+def check_scope(scope: object) -> None:
+    """Refuse a scope that is not an ``AccessScope``."""
+    if not isinstance(scope, AccessScope):
+        raise InvalidParameterError(f"scope must be an AccessScope, got {type(scope).__name__}")
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParameterError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+
+
+def validate_orphan_args(timeout_secs: object, limit: object | None = None) -> None:
+    """The scalar rules of the orphan methods: ``0 <= timeout_secs <= 2**31 - 1`` and
+    ``1 <= limit <= 2**31 - 1``, ints (not bools). Raises ``InvalidParameterError``."""
+    _check_int("timeout_secs", timeout_secs, 0, INT4_MAX)
+    if limit is not None:
+        _check_int("limit", limit, 1, INT4_MAX)

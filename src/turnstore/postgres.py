@@ -53,7 +53,6 @@ from turnstore.errors import (
     TurnStoreError,
 )
 from turnstore.model import (
-    INT4_MAX,
     CasCompleteParams,
     CasTerminalParams,
     CreateTurnParams,
@@ -62,7 +61,11 @@ from turnstore.model import (
     Turn,
     TurnState,
     UpdatePreflightParams,
+    check_instance,
+    check_scope,
+    check_uuid,
     trusted_turn,
+    validate_orphan_args,
 )
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import PROPERTY_COLUMNS, AccessScope, FilterOp
@@ -222,8 +225,7 @@ def compile_scope(scope: AccessScope) -> tuple[str, tuple[Any, ...]]:
     empty ``IN`` matches nothing and is dropped; nothing left is ``FALSE``. Column names
     come from a fixed table, values are always parameters.
     """
-    if not isinstance(scope, AccessScope):
-        raise InvalidParameterError(f"scope must be an AccessScope, got {type(scope).__name__}")
+    check_scope(scope)
     if scope.unrestricted:
         return _UNRESTRICTED
     ors: list[str] = []
@@ -441,30 +443,6 @@ def _render_scoped(template: str, schema: str, **identifiers: str) -> _Scoped:
     return _Scoped(head, tail)
 
 
-def _check_uuid(name: str, value: object) -> None:
-    if not isinstance(value, UUID):
-        raise InvalidParameterError(f"{name} must be a uuid.UUID, got {type(value).__name__}")
-
-
-def _check_params(name: str, value: object, kind: type) -> None:
-    if not isinstance(value, kind):
-        raise InvalidParameterError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParameterError(f"{name} must be an int in [{low}, {high}], got {value!r}")
-    return value
-
-
-def validate_orphan_args(timeout_secs: object, limit: object | None = None) -> None:
-    """The scalar rules of the orphan methods: ``0 <= timeout_secs <= 2**31 - 1`` and
-    ``1 <= limit <= 2**31 - 1``, ints (not bools). Raises ``InvalidParameterError``."""
-    _check_int("timeout_secs", timeout_secs, 0, INT4_MAX)
-    if limit is not None:
-        _check_int("limit", limit, 1, INT4_MAX)
-
-
 class PostgresTurnRepository:
     """``TurnRepository`` on PostgreSQL; the runner is a ``psycopg.AsyncConnection``.
 
@@ -572,7 +550,7 @@ class PostgresTurnRepository:
     async def create_turn(
         self, runner: Connection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
-        _check_params("params", params, CreateTurnParams)
+        check_instance("params", params, CreateTurnParams)
         compiled = self._compiled(scope)
         if not scope.permits(params):
             raise ScopeDeniedError(params.id, params.tenant_id)
@@ -633,20 +611,20 @@ class PostgresTurnRepository:
     async def find_by_chat_and_request_id(
         self, runner: Connection, scope: AccessScope, chat_id: UUID, request_id: UUID
     ) -> Turn | None:
-        _check_uuid("chat_id", chat_id)
-        _check_uuid("request_id", request_id)
+        check_uuid("chat_id", chat_id)
+        check_uuid("request_id", request_id)
         return await self._one(runner, self._find_by_request, scope, (chat_id, request_id))
 
     async def find_running_by_chat_id(
         self, runner: Connection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
-        _check_uuid("chat_id", chat_id)
+        check_uuid("chat_id", chat_id)
         return await self._one(runner, self._find_running, scope, (chat_id,))
 
     async def cas_update_state(
         self, runner: Connection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
-        _check_params("params", params, CasTerminalParams)
+        check_instance("params", params, CasTerminalParams)
         head = (
             params.state.value,
             params.error_code,
@@ -660,15 +638,15 @@ class PostgresTurnRepository:
     async def cas_update_completed(
         self, runner: Connection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
-        _check_params("params", params, CasCompleteParams)
+        check_instance("params", params, CasCompleteParams)
         head = (params.assistant_message_id, params.provider_response_id, params.turn_id)
         return await self._count(runner, self._cas_completed, scope, head)
 
     async def set_assistant_message_id(
         self, runner: Connection, scope: AccessScope, turn_id: UUID, assistant_message_id: UUID
     ) -> None:
-        _check_uuid("turn_id", turn_id)
-        _check_uuid("assistant_message_id", assistant_message_id)
+        check_uuid("turn_id", turn_id)
+        check_uuid("assistant_message_id", assistant_message_id)
         head = (assistant_message_id, turn_id)
         if await self._count(runner, self._set_assistant_message, scope, head) == 0:
             raise TurnNotFoundError(turn_id)
@@ -680,9 +658,9 @@ class PostgresTurnRepository:
         turn_id: UUID,
         replaced_by_request_id: UUID | None,
     ) -> None:
-        _check_uuid("turn_id", turn_id)
+        check_uuid("turn_id", turn_id)
         if replaced_by_request_id is not None:
-            _check_uuid("replaced_by_request_id", replaced_by_request_id)
+            check_uuid("replaced_by_request_id", replaced_by_request_id)
         head = (replaced_by_request_id, turn_id)
         if await self._count(runner, self._soft_delete, scope, head) == 0:
             raise TurnNotFoundError(turn_id)
@@ -690,13 +668,13 @@ class PostgresTurnRepository:
     async def find_latest_turn(
         self, runner: Connection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
-        _check_uuid("chat_id", chat_id)
+        check_uuid("chat_id", chat_id)
         return await self._one(runner, self._find_latest, scope, (chat_id,))
 
     async def update_progress_at(
         self, runner: Connection, scope: AccessScope, turn_id: UUID
     ) -> int:
-        _check_uuid("turn_id", turn_id)
+        check_uuid("turn_id", turn_id)
         return await self._count(runner, self._update_progress, scope, (turn_id,))
 
     async def find_orphan_candidates(
@@ -711,7 +689,7 @@ class PostgresTurnRepository:
     async def cas_finalize_orphan(
         self, runner: Connection, turn_id: UUID, timeout_secs: int
     ) -> int:
-        _check_uuid("turn_id", turn_id)
+        check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
         with _driver_errors:
             cur = await runner.execute(
@@ -729,7 +707,7 @@ class PostgresTurnRepository:
 
         All three statements go out in one round trip (pipeline mode).
         """
-        _check_uuid("chat_id", chat_id)
+        check_uuid("chat_id", chat_id)
         compiled = self._compiled(scope)
         select = compiled.statement(self._latest_for_update)
         verify = compiled.statement(self._latest_id)
@@ -756,7 +734,7 @@ class PostgresTurnRepository:
     async def update_preflight_fields(
         self, runner: Connection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
-        _check_params("params", params, UpdatePreflightParams)
+        check_instance("params", params, UpdatePreflightParams)
         head = (
             params.reserve_tokens,
             params.max_output_tokens_applied,
@@ -771,7 +749,7 @@ class PostgresTurnRepository:
     async def increment_tool_calls(
         self, runner: Connection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
-        _check_uuid("turn_id", turn_id)
+        check_uuid("turn_id", turn_id)
         statement = self._increment.get(tool)
         if statement is None:
             raise InvalidParameterError(f"tool must be a ToolCallType, got {tool!r}")
