@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg_pool
 import pytest
@@ -29,7 +30,7 @@ async def store_with_lock_timeout(dsn: str) -> AsyncIterator[PostgresStore]:
 
     Stands in for the coming ``PostgresStore.open(dsn, lock_timeout_secs=1)``.
     """
-    pool: psycopg_pool.AsyncConnectionPool[object] = psycopg_pool.AsyncConnectionPool(
+    pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
         dsn,
         min_size=2,
         max_size=4,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg_pool
 import pytest
@@ -35,7 +36,7 @@ async def unprepared_store(dsn: str, *, max_size: int = 10) -> AsyncIterator[Pos
 
     Stands in for the coming ``PostgresStore.open(dsn, prepare_threshold=None)``.
     """
-    pool: psycopg_pool.AsyncConnectionPool[object] = psycopg_pool.AsyncConnectionPool(
+    pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
         dsn,
         min_size=1,
         max_size=max_size,
