@@ -1,0 +1,129 @@
+"""turnstore behind PgBouncer in transaction pooling mode (PgBouncer 1.18, as Debian ships).
+
+In transaction pooling a client's consecutive transactions may run on different server
+sessions: nothing that lives in a session (a prepared statement, a session advisory lock)
+survives from one transaction to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg_pool
+import pytest
+
+from faults.cluster import PgBouncer
+from faults.conftest import FaultDatabase
+from faults.workload import run_turns
+from turnstore.lifecycle import TurnLifecycle
+from turnstore.postgres import PostgresStore
+from turnstore.watchdog import OrphanWatchdog
+
+pytestmark = pytest.mark.faults
+
+TURNS = 300
+CONCURRENCY = 20
+WORKLOAD_SECS = 90.0
+MIGRATE_SECS = 30.0
+
+
+@asynccontextmanager
+async def unprepared_store(dsn: str, *, max_size: int = 10) -> AsyncIterator[PostgresStore]:
+    """A store over a host pool whose connections never prepare statements.
+
+    Stands in for the coming ``PostgresStore.open(dsn, prepare_threshold=None)``.
+    """
+    pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        timeout=30,
+        kwargs={"autocommit": True, "prepare_threshold": None},
+        open=False,
+    )
+    await pool.open(wait=True, timeout=30)
+    try:
+        yield PostgresStore(pool)
+    finally:
+        await pool.close(timeout=10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PostgresStore.open lets psycopg prepare statements, which PgBouncer's "
+    "transaction pooling loses between transactions (prepared statement does not exist)",
+)
+async def test_open_store_runs_300_turns_through_pgbouncer(
+    pgbouncer: PgBouncer, fault_db: FaultDatabase
+) -> None:
+    store = await PostgresStore.open(fault_db.via(pgbouncer), max_size=10)
+    async with store:
+        report = await run_turns(
+            TurnLifecycle(store), TURNS, concurrency=CONCURRENCY, timeout=WORKLOAD_SECS
+        )
+    assert report.completed == TURNS, report.summary()
+
+
+async def test_store_without_prepared_statements_runs_300_turns_through_pgbouncer(
+    pgbouncer: PgBouncer, fault_db: FaultDatabase
+) -> None:
+    async with unprepared_store(fault_db.via(pgbouncer)) as store:
+        report = await run_turns(
+            TurnLifecycle(store), TURNS, concurrency=CONCURRENCY, timeout=WORKLOAD_SECS
+        )
+    assert report.completed == TURNS, report.summary()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="migrate() serializes with a session-level advisory lock: behind transaction "
+    "pooling other clients share the session holding it (two migrations run at once and "
+    "fail) and the unlock runs on another session (the rest wait forever)",
+)
+async def test_migrate_from_five_tasks_through_pgbouncer_finishes(
+    pgbouncer: PgBouncer, empty_db: FaultDatabase
+) -> None:
+    async with unprepared_store(empty_db.via(pgbouncer), max_size=5) as store:
+        done, pending = await asyncio.wait(
+            [asyncio.ensure_future(store.migrate()) for _ in range(5)], timeout=MIGRATE_SECS
+        )
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        errors = [repr(t.exception()) for t in done if t.exception() is not None]
+        verdict = (
+            f"after {MIGRATE_SECS} s: {len(pending)} of 5 migrations still waiting, "
+            f"{len(errors)} failed: {errors[:2]}"
+        )
+        assert not pending, verdict
+        assert not errors, verdict
+        status = await asyncio.wait_for(store.check_schema(), timeout=10)
+        assert status.current
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the watchdog's leader election holds a session-level advisory lock, which "
+    "transaction pooling hands to whichever client next uses that server session",
+)
+async def test_two_watchdogs_through_pgbouncer_elect_exactly_one_leader(
+    pgbouncer: PgBouncer, fault_db: FaultDatabase
+) -> None:
+    async with (
+        unprepared_store(fault_db.via(pgbouncer)) as first_store,
+        unprepared_store(fault_db.via(pgbouncer)) as second_store,
+    ):
+        first, second = OrphanWatchdog(first_store), OrphanWatchdog(second_store)
+        try:
+            for _ in range(5):
+                won = await asyncio.wait_for(
+                    asyncio.gather(first.elect(), second.elect()), timeout=30
+                )
+                assert won.count(True) == 1, f"leaders this round: {won}"
+                assert [first.is_leader, second.is_leader].count(True) == 1
+        finally:
+            await asyncio.wait_for(asyncio.gather(first.stop(), second.stop()), timeout=30)
