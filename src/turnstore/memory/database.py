@@ -28,14 +28,15 @@ from bisect import bisect_left, insort
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from psycopg.errors import DeadlockDetected, InFailedSqlTransaction
 
 from turnstore import rules
+from turnstore.clock import Clock, MonotonicClock, SystemClock
 from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
@@ -71,55 +72,10 @@ __all__ = [
     "SystemClock",
 ]
 
-#: The resolution of ``timestamptz``, and the least step between two clock readings.
-_TICK = timedelta(microseconds=1)
-
 _Key = tuple[datetime, UUID]
 
 #: How many times ``find_latest_for_update`` re-reads, as in the PostgreSQL backend.
 _MAX_RELOCKS = 8
-
-
-class Clock(Protocol):
-    """Where the in-memory store reads "database time"."""
-
-    def now(self) -> datetime:
-        """The current instant, timezone-aware, later than any earlier reading."""
-        ...
-
-
-class MonotonicClock:
-    """A clock whose readings strictly increase, like PostgreSQL's ``clock_timestamp()``.
-
-    Each reading is at least one microsecond after the previous one, so turns created later
-    sort later even when two readings fall in the same microsecond. Subclasses say where
-    raw time comes from.
-    """
-
-    def __init__(self) -> None:
-        self._last: datetime | None = None
-
-    @property
-    def last(self) -> datetime | None:
-        """The latest reading handed out, if any."""
-        return self._last
-
-    def _read(self) -> datetime:
-        raise NotImplementedError
-
-    def now(self) -> datetime:
-        reading = self._read()
-        if self._last is not None and reading <= self._last:
-            reading = self._last + _TICK
-        self._last = reading
-        return reading
-
-
-class SystemClock(MonotonicClock):
-    """The wall clock (UTC), made strictly increasing: the default of ``InMemoryStore``."""
-
-    def _read(self) -> datetime:
-        return datetime.now(timezone.utc)
 
 
 class _Txn:
