@@ -65,9 +65,10 @@ from turnstore import (
     TurnState,
     UpdatePreflightParams,
 )
-from turnstore.lifecycle import KeepAliveSettings, TurnLifecycle
+from turnstore.lifecycle import TurnLifecycle
 from turnstore.memory import InMemoryStore
 from turnstore.postgres import PostgresStore, PostgresTurnRepository
+from turnstore.settings import KeepAliveSettings
 
 SCHEMA = "turnstore"
 KEEP_ALIVES = 20

@@ -27,8 +27,9 @@ from benchmarks._support import (
 )
 from benchmarks.bench import SCHEMA, Fixtures
 from turnstore import AccessScope
-from turnstore.lifecycle import KeepAliveSettings, TurnLifecycle
+from turnstore.lifecycle import TurnLifecycle
 from turnstore.postgres import PostgresStore
+from turnstore.settings import KeepAliveSettings
 
 
 async def cpu_per_call(fn: Callable[[], Awaitable[object]], calls: int) -> float:

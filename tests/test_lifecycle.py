@@ -24,19 +24,18 @@ from turnstore.errors import (
     ScopeDeniedError,
     TurnNotFoundError,
 )
+from turnstore.ids import new_uuid7
 from turnstore.lifecycle import (
-    KeepAliveSettings,
     MutationKind,
     MutationResult,
     RejectReason,
     StartKind,
     TurnLifecycle,
-    new_uuid7,
 )
 from turnstore.model import Turn, TurnState
 from turnstore.scope import AccessScope
+from turnstore.settings import KeepAliveSettings, WatchdogSettings
 from turnstore.testing.backends import BackendHarness
-from turnstore.watchdog import WatchdogSettings
 
 
 def lifecycle_of(backend: BackendHarness) -> TurnLifecycle[Any]:

@@ -23,6 +23,7 @@ from psycopg.errors import DeadlockDetected, InFailedSqlTransaction
 from pydantic import ValidationError
 
 from turnstore import rules
+from turnstore.clock import SystemClock
 from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
@@ -30,7 +31,7 @@ from turnstore.errors import (
     InvalidParameterError,
     StoreUnavailableError,
 )
-from turnstore.memory import InMemoryConnection, InMemoryStore, SystemClock
+from turnstore.memory import InMemoryConnection, InMemoryStore
 from turnstore.model import Turn, TurnState
 from turnstore.repository import TurnRepository, TurnStore
 from turnstore.scope import AccessScope

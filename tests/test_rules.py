@@ -7,7 +7,9 @@ so that removing or reordering any condition fails a test.
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 from uuid import UUID
 
@@ -17,19 +19,28 @@ from hypothesis import strategies as st
 
 from strategies import TERMINAL_STATES, ids_from, timestamps, turns
 from turnstore.errors import (
+    DuplicateRequestError,
+    DuplicateTurnIdError,
     ForbiddenError,
+    GenerationInProgressError,
+    InvalidParameterError,
     InvalidTurnStateError,
     NotLatestTurnError,
+    ScopeDeniedError,
     TurnNotFoundError,
     TurnStoreError,
 )
-from turnstore.model import RequesterType, Turn, TurnState
+from turnstore.model import CreateTurnParams, RequesterType, ToolCallType, Turn, TurnState
 from turnstore.rules import (
+    MAX_INSERT_ATTEMPTS,
+    MAX_RELOCKS,
     ORPHAN_ERROR_CODE,
     StartDecision,
     can_transition,
+    check_tool,
     decide_start,
     holds_running_slot,
+    insert_refusal,
     is_live,
     is_orphan,
     latest_sort_key,
@@ -468,3 +479,110 @@ def test_only_the_latest_turn_may_be_mutated(state: TurnState) -> None:
 
 def test_orphan_error_code() -> None:
     assert ORPHAN_ERROR_CODE == "orphan_timeout"
+
+
+# --- refusing an insert ------------------------------------------------------------------
+
+_NEW = CreateTurnParams(
+    id=UUID(int=1),
+    tenant_id=UUID(int=2),
+    chat_id=UUID(int=3),
+    request_id=UUID(int=4),
+    requester_type=RequesterType.USER,
+    requester_user_id=UUID(int=5),
+)
+_EXISTING_ID = UUID(int=6)
+_RUNNING_ID = UUID(int=7)
+
+#: The refusals, the winner first: the order ``insert_refusal`` must keep.
+_REFUSAL_ORDER: list[tuple[str, type[TurnStoreError]]] = [
+    ("scope_denied", ScopeDeniedError),
+    ("id_taken", DuplicateTurnIdError),
+    ("request_taken", DuplicateRequestError),
+    ("chat_running", GenerationInProgressError),
+]
+_CONFLICT_NAMES = [name for name, _ in _REFUSAL_ORDER]
+#: Every combination of conflicts, from none to all four.
+_CONFLICT_SETS = [
+    frozenset(names)
+    for size in range(len(_CONFLICT_NAMES) + 1)
+    for names in itertools.combinations(_CONFLICT_NAMES, size)
+]
+
+
+def _refusal(conflicts: frozenset[str], visible: frozenset[UUID]) -> TurnStoreError | None:
+    return insert_refusal(
+        _NEW,
+        permitted="scope_denied" not in conflicts,
+        id_taken="id_taken" in conflicts,
+        existing_id=_EXISTING_ID if "request_taken" in conflicts else None,
+        running_id=_RUNNING_ID if "chat_running" in conflicts else None,
+        visible=visible,
+    )
+
+
+@pytest.mark.parametrize("conflicts", _CONFLICT_SETS, ids=lambda c: "+".join(sorted(c)) or "none")
+def test_the_first_conflict_in_order_refuses_the_insert(conflicts: frozenset[str]) -> None:
+    expected = next((error for name, error in _REFUSAL_ORDER if name in conflicts), None)
+    refusal = _refusal(conflicts, frozenset({_EXISTING_ID, _RUNNING_ID}))
+    if expected is None:
+        assert refusal is None
+    else:
+        assert type(refusal) is expected
+
+
+@pytest.mark.parametrize("shown", [True, False], ids=["visible", "hidden"])
+def test_an_insert_refusal_names_the_conflicting_turn_only_when_visible(shown: bool) -> None:
+    visible = frozenset({_EXISTING_ID, _RUNNING_ID}) if shown else frozenset()
+    duplicate = _refusal(frozenset({"request_taken", "chat_running"}), visible)
+    assert isinstance(duplicate, DuplicateRequestError)
+    assert (duplicate.chat_id, duplicate.request_id) == (_NEW.chat_id, _NEW.request_id)
+    assert duplicate.existing_turn_id == (_EXISTING_ID if shown else None)
+    busy = _refusal(frozenset({"chat_running"}), visible)
+    assert isinstance(busy, GenerationInProgressError)
+    assert busy.chat_id == _NEW.chat_id
+    assert busy.running_turn_id == (_RUNNING_ID if shown else None)
+    # Visibility is per turn: seeing the running turn does not reveal the key's holder.
+    only_running = _refusal(frozenset({"request_taken"}), frozenset({_RUNNING_ID}))
+    assert isinstance(only_running, DuplicateRequestError)
+    assert only_running.existing_turn_id is None
+
+
+def test_an_insert_refusal_names_the_new_row() -> None:
+    denied = _refusal(_CONFLICT_SETS[-1], frozenset())
+    assert isinstance(denied, ScopeDeniedError)
+    assert (denied.turn_id, denied.tenant_id) == (_NEW.id, _NEW.tenant_id)
+    duplicate_id = _refusal(frozenset({"id_taken", "request_taken"}), frozenset())
+    assert isinstance(duplicate_id, DuplicateTurnIdError)
+    assert duplicate_id.turn_id == _NEW.id
+
+
+# --- tool counters -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", list(ToolCallType), ids=str)
+def test_check_tool_accepts_a_member_or_its_value(tool: ToolCallType) -> None:
+    assert check_tool(tool) is tool
+    assert check_tool(tool.value) is tool
+
+
+class _LookAlike(str, Enum):
+    WEB_SEARCH = "web_searches"
+
+
+@pytest.mark.parametrize(
+    "tool",
+    ["bogus", "WEB_SEARCH", "web_search_completed_count", "", 0, None, [], _LookAlike.WEB_SEARCH],
+    ids=repr,
+)
+def test_check_tool_refuses_anything_else(tool: object) -> None:
+    with pytest.raises(InvalidParameterError, match="tool must be a ToolCallType, got "):
+        check_tool(tool)
+
+
+def test_retry_bounds_allow_at_least_one_retry() -> None:
+    """A bound of one would give up at the first replaced row or vanished conflict."""
+    assert isinstance(MAX_RELOCKS, int)
+    assert isinstance(MAX_INSERT_ATTEMPTS, int)
+    assert MAX_RELOCKS > 1
+    assert MAX_INSERT_ATTEMPTS > 1

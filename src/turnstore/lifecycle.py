@@ -9,20 +9,13 @@ writes (messages, quota, outbox) in the same transaction as the turn transition.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
-from types import TracebackType
 from typing import Generic
 from uuid import UUID
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from turnstore.errors import (
     DuplicateRequestError,
@@ -30,6 +23,8 @@ from turnstore.errors import (
     GenerationInProgressError,
     NotLatestTurnError,
 )
+from turnstore.ids import new_uuid7
+from turnstore.keepalive import KeepAlive
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -45,7 +40,7 @@ from turnstore.rules import (
     mutation_rejection,
 )
 from turnstore.scope import AccessScope
-from turnstore.watchdog import DEFAULT_ORPHAN_TIMEOUT_SECS, OrphanTimeoutSecs, WatchdogSettings
+from turnstore.settings import KeepAliveSettings
 
 __all__ = [
     "FinalizeHook",
@@ -62,22 +57,11 @@ __all__ = [
     "new_uuid7",
 ]
 
-logger = logging.getLogger("turnstore.lifecycle")
-
 #: How many times ``begin_turn`` re-inserts when the running turn that refused its insert
 #: has already ended by the time it is looked up.
 _START_ATTEMPTS = 3
 #: The scope of the locked read of a chat's latest turn in retry/edit/delete.
 _WHOLE_CHAT = AccessScope.allow_all()
-
-
-def new_uuid7() -> UUID:
-    """A time-ordered UUID (RFC 9562 version 7): new ids land at the right edge of indexes."""
-    value = (time.time_ns() // 1_000_000) << 80
-    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return uuid.UUID(int=value)
 
 
 # --------------------------------------------------------------------------- start
@@ -191,177 +175,6 @@ class MutationResult:
 
 #: A host hook run inside the mutation's transaction after the turn writes.
 MutationHook = Callable[[RunnerT, MutationResult], Awaitable[None]]
-
-
-# --------------------------------------------------------------------------- keep-alive
-
-
-class KeepAliveSettings(BaseModel):
-    """How often a stream refreshes ``last_progress_at``.
-
-    ``interval_secs`` must be at most a third of ``orphan_timeout_secs`` (the watchdog's
-    timeout), so that two writes in a row can be late or lost before the watchdog takes a
-    live stream for an orphan. With ``heartbeat`` (the default) a background task writes
-    every interval even when no chunk arrives, so a model that thinks silently for minutes
-    is not failed; liveness then means "the process serving the stream is alive", and a
-    stalled provider must be caught by the host's own timeout. Without it, only ``touch()``
-    writes, and a stream that stops producing chunks becomes an orphan.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    interval_secs: float = Field(default=30.0, gt=0)
-    orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
-    heartbeat: bool = True
-
-    @classmethod
-    def for_watchdog(
-        cls,
-        watchdog: WatchdogSettings,
-        *,
-        interval_secs: float | None = None,
-        heartbeat: bool = True,
-    ) -> KeepAliveSettings:
-        """Settings checked against the timeout the watchdog really uses, so the two cannot
-        drift apart; the interval defaults to a tenth of that timeout."""
-        timeout = watchdog.orphan_timeout_secs
-        return cls(
-            interval_secs=interval_secs if interval_secs is not None else timeout / 10,
-            orphan_timeout_secs=timeout,
-            heartbeat=heartbeat,
-        )
-
-    @model_validator(mode="after")
-    def _comfortably_below_timeout(self) -> KeepAliveSettings:
-        if self.interval_secs * 3 > self.orphan_timeout_secs:
-            raise ValueError(
-                f"keep-alive interval ({self.interval_secs} s) must be at most a third of "
-                f"the orphan timeout ({self.orphan_timeout_secs} s)"
-            )
-        return self
-
-
-class KeepAlive(Generic[RunnerT]):
-    """Keeps one running turn's ``last_progress_at`` fresh while its stream runs.
-
-    Use as ``async with lifecycle.keep_alive(scope, turn.id) as ka:`` and ``await
-    ka.touch()`` per chunk. Writes are coalesced: at most one ``update_progress_at`` per
-    interval, however many chunks arrive or tasks touch at once. Each write commits on its
-    own (the watchdog must see it at once), outside any host transaction. On exit the
-    background task is cancelled and awaited; an exception from the body propagates.
-    """
-
-    def __init__(
-        self,
-        store: TurnStore[RunnerT],
-        scope: AccessScope,
-        turn_id: UUID,
-        settings: KeepAliveSettings,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._store = store
-        self._turns = store.turns
-        self._scope = scope
-        self._turn_id = turn_id
-        self._settings = settings
-        self._clock = clock
-        self._lock = asyncio.Lock()
-        self._last_write: float | None = None
-        self._running = True
-        self._writes = 0
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def turn_id(self) -> UUID:
-        return self._turn_id
-
-    @property
-    def running(self) -> bool:
-        """False once a write found the turn no longer running (finalized elsewhere)."""
-        return self._running
-
-    @property
-    def writes(self) -> int:
-        """How many ``update_progress_at`` calls this keep-alive has made."""
-        return self._writes
-
-    async def __aenter__(self) -> KeepAlive[RunnerT]:
-        if self._settings.heartbeat:
-            self._task = asyncio.create_task(
-                self._heartbeat(), name=f"turnstore-keep-alive-{self._turn_id}"
-            )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Stop the background refresh and wait for it; idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        # ``wait`` rather than ``await task``: a cancellation of the caller still propagates.
-        await asyncio.wait([task])
-        if not task.cancelled() and (error := task.exception()) is not None:
-            raise error
-
-    async def touch(self) -> bool:
-        """Record progress; write it if the last write is an interval old.
-
-        Returns whether the turn is still running as far as the last write knows; a
-        ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
-        user, or failed by the watchdog). A write error propagates to the caller.
-        """
-        if self._running and self._due(self._clock()):
-            await self._write()
-        return self._running
-
-    def _due(self, now: float) -> bool:
-        last = self._last_write
-        return last is None or now - last >= self._settings.interval_secs
-
-    async def _write(self) -> None:
-        async with self._lock:
-            # Another touch may have written while this one waited for the lock. The
-            # reading that decides is the one recorded: one clock read per write.
-            now = self._clock()
-            if not self._running or not self._due(now):
-                return
-            previous, self._last_write = self._last_write, now
-            try:
-                async with self._store.connection() as runner:
-                    rows = await self._turns.update_progress_at(runner, self._scope, self._turn_id)
-            except BaseException:
-                self._last_write = previous
-                raise
-            self._writes += 1
-            if rows == 0:
-                self._running = False
-
-    async def _heartbeat(self) -> None:
-        interval = self._settings.interval_secs
-        while self._running:
-            last = self._last_write
-            delay = interval if last is None else last + interval - self._clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                await self._write()
-            except Exception:
-                logger.warning(
-                    "keep-alive write for turn %s failed; retrying in %s s",
-                    self._turn_id,
-                    interval,
-                    exc_info=True,
-                )
-                await asyncio.sleep(interval)
 
 
 # --------------------------------------------------------------------------- lifecycle

@@ -7,26 +7,35 @@ them directly. Nothing here does I/O or reads a clock: time is always an argumen
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from datetime import datetime, timedelta
 from enum import Enum
 from uuid import UUID
 
 from turnstore.errors import (
+    DuplicateRequestError,
+    DuplicateTurnIdError,
     ForbiddenError,
+    GenerationInProgressError,
+    InvalidParameterError,
     InvalidTurnStateError,
     NotLatestTurnError,
+    ScopeDeniedError,
     TurnNotFoundError,
     TurnStoreError,
 )
-from turnstore.model import Turn, TurnState
+from turnstore.model import CreateTurnParams, ToolCallType, Turn, TurnState
 
 __all__ = [
+    "MAX_INSERT_ATTEMPTS",
+    "MAX_RELOCKS",
     "ORPHAN_ERROR_CODE",
     "StartDecision",
     "can_transition",
+    "check_tool",
     "decide_start",
     "holds_running_slot",
+    "insert_refusal",
     "is_live",
     "is_orphan",
     "latest_sort_key",
@@ -42,6 +51,24 @@ __all__ = [
 
 #: The ``error_code`` the watchdog writes when it fails an orphaned turn.
 ORPHAN_ERROR_CODE = "orphan_timeout"
+
+#: How many times ``find_latest_for_update`` reads and locks a chat's latest turn again
+#: after the turn it locked turned out not to be the latest any more. The chat lock keeps
+#: the lifecycle's own writers out, so only a writer that bypasses it (a host statement, a
+#: repository call outside the lifecycle) can replace the turn being waited on; each round
+#: reads a fresh snapshot, so the loop ends as soon as such writes stop. The bound keeps an
+#: endless stream of them from holding the caller forever: past it, the turn locked last
+#: is returned.
+MAX_RELOCKS = 8
+
+#: How many times ``create_turn`` inserts again when a unique index refused the row but,
+#: by the time the refusal is classified, the conflicting row is gone (its transaction
+#: rolled back, or the running turn was finalized meanwhile). Past it the chat is taken to
+#: be busy with turns that come and go, and the insert is refused as
+#: ``generation_in_progress``.
+MAX_INSERT_ATTEMPTS = 8
+
+_TOOLS = frozenset(ToolCallType)
 
 
 def can_transition(current: TurnState, target: TurnState) -> bool:
@@ -144,6 +171,58 @@ def decide_start(existing: Turn | None, running: Turn | None) -> StartDecision:
     if running is not None:
         return StartDecision.GENERATION_IN_PROGRESS
     return StartDecision.START
+
+
+def insert_refusal(
+    params: CreateTurnParams,
+    *,
+    permitted: bool = True,
+    id_taken: bool = False,
+    existing_id: UUID | None = None,
+    running_id: UUID | None = None,
+    visible: Container[UUID] = frozenset(),
+) -> TurnStoreError | None:
+    """The error that refuses inserting ``params``, or ``None`` when nothing is in the way.
+
+    The inputs say which conflicts exist: ``permitted`` is whether the caller's scope
+    permits the new row, ``id_taken`` whether a row already has ``params.id``,
+    ``existing_id`` the turn holding ``(chat_id, request_id)`` and ``running_id`` the
+    chat's running turn, if any; ``visible`` holds the ids the caller's scope permits.
+    When several conflicts exist, one refusal wins, in this order:
+
+    1. ``ScopeDeniedError``: a row the scope does not permit is refused before any index is
+       consulted, so a caller cannot learn which ids or keys exist outside its scope;
+    2. ``DuplicateTurnIdError``: the primary key, the index PostgreSQL checks first;
+    3. ``DuplicateRequestError``: the idempotency key, before the running turn, as in
+       ``decide_start``, so a reconnecting client hears about its own request even while
+       another turn of the chat runs;
+    4. ``GenerationInProgressError``: the chat's one running turn.
+
+    An error names the conflicting turn only when its id is in ``visible``.
+    """
+    if not permitted:
+        return ScopeDeniedError(params.id, params.tenant_id)
+    if id_taken:
+        return DuplicateTurnIdError(params.id)
+    if existing_id is not None:
+        shown = existing_id if existing_id in visible else None
+        return DuplicateRequestError(params.chat_id, params.request_id, shown)
+    if running_id is not None:
+        shown = running_id if running_id in visible else None
+        return GenerationInProgressError(params.chat_id, shown)
+    return None
+
+
+def check_tool(tool: object) -> ToolCallType:
+    """The ``ToolCallType`` whose counter ``increment_tool_calls`` bumps, or
+    ``InvalidParameterError``: a member, or its string value (the enum is a ``str``)."""
+    try:
+        known = tool in _TOOLS
+    except TypeError:  # unhashable: certainly not a tool
+        known = False
+    if not known:
+        raise InvalidParameterError(f"tool must be a ToolCallType, got {tool!r}")
+    return ToolCallType(tool)
 
 
 def mutation_rejection(

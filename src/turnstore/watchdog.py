@@ -24,17 +24,23 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Annotated, Any, Generic, Protocol
+from typing import Any, Generic, Protocol
 from uuid import UUID
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import BaseModel, ConfigDict, Field
 
 from turnstore.errors import InvalidParameterError
 from turnstore.model import Turn
 from turnstore.repository import RunnerT, TurnStore
 from turnstore.scope import AccessScope
+from turnstore.settings import (
+    DEFAULT_ORPHAN_TIMEOUT_SECS,
+    MAX_ORPHAN_TIMEOUT_SECS,
+    MIN_ORPHAN_TIMEOUT_SECS,
+    OrphanTimeoutSecs,
+    WatchdogSettings,
+)
 
 __all__ = [
     "DEFAULT_LEADER_CHECK_TIMEOUT_SECS",
@@ -76,35 +82,9 @@ LEADER_CONNECTION_DEFAULTS: dict[str, int] = {
 #: each scan, the lock attempt, the unlock) before it treats the session as lost.
 DEFAULT_LEADER_CHECK_TIMEOUT_SECS = 10.0
 
-MIN_ORPHAN_TIMEOUT_SECS = 60
-MAX_ORPHAN_TIMEOUT_SECS = 3600
-DEFAULT_ORPHAN_TIMEOUT_SECS = 300
-
-#: An orphan timeout in whole seconds, validated to 60..3600.
-OrphanTimeoutSecs = Annotated[
-    int, Field(strict=True, ge=MIN_ORPHAN_TIMEOUT_SECS, le=MAX_ORPHAN_TIMEOUT_SECS)
-]
-
 #: The host's settlement hook: runs in the orphan's finalizing transaction, after the CAS
 #: was won, with the turn as the CAS left it (``failed``, ``orphan_timeout``).
 SettlementHook = Callable[[RunnerT, Turn], Awaitable[None]]
-
-
-class WatchdogSettings(BaseModel):
-    """Validated watchdog settings.
-
-    - ``orphan_timeout_secs``: silence after which a running turn is an orphan (60..3600,
-      default 300). Keep-alive intervals must stay at most a third of it.
-    - ``scan_interval_secs``: pause between two scans of the running loop (default 60).
-    - ``batch_limit``: at most this many candidates per scan (default 100); the rest wait
-      for the next scan, oldest first.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
-    scan_interval_secs: float = Field(default=60.0, gt=0, le=MAX_ORPHAN_TIMEOUT_SECS)
-    batch_limit: int = Field(default=100, strict=True, ge=1, le=10_000)
 
 
 @dataclass(frozen=True)

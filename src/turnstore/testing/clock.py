@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from datetime import datetime, timedelta, timezone
 
+from turnstore.clock import MonotonicClock
 from turnstore.errors import InvalidParameterError
-from turnstore.memory import MonotonicClock
 
 __all__ = ["ManualClock"]
 

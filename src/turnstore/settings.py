@@ -1,0 +1,93 @@
+"""Settings shared by the lifecycle and the watchdog: how often a stream proves it is alive,
+and how long a silent turn may run before the watchdog fails it.
+
+They live together because they bound each other: a keep-alive interval must stay at most
+a third of the watchdog's orphan timeout (``KeepAliveSettings.for_watchdog`` derives one
+from the other).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "DEFAULT_ORPHAN_TIMEOUT_SECS",
+    "MAX_ORPHAN_TIMEOUT_SECS",
+    "MIN_ORPHAN_TIMEOUT_SECS",
+    "KeepAliveSettings",
+    "OrphanTimeoutSecs",
+    "WatchdogSettings",
+]
+
+MIN_ORPHAN_TIMEOUT_SECS = 60
+MAX_ORPHAN_TIMEOUT_SECS = 3600
+DEFAULT_ORPHAN_TIMEOUT_SECS = 300
+
+#: An orphan timeout in whole seconds, validated to 60..3600.
+OrphanTimeoutSecs = Annotated[
+    int, Field(strict=True, ge=MIN_ORPHAN_TIMEOUT_SECS, le=MAX_ORPHAN_TIMEOUT_SECS)
+]
+
+
+class WatchdogSettings(BaseModel):
+    """Validated watchdog settings.
+
+    - ``orphan_timeout_secs``: silence after which a running turn is an orphan (60..3600,
+      default 300). Keep-alive intervals must stay at most a third of it.
+    - ``scan_interval_secs``: pause between two scans of the running loop (default 60).
+    - ``batch_limit``: at most this many candidates per scan (default 100); the rest wait
+      for the next scan, oldest first.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
+    scan_interval_secs: float = Field(default=60.0, gt=0, le=MAX_ORPHAN_TIMEOUT_SECS)
+    batch_limit: int = Field(default=100, strict=True, ge=1, le=10_000)
+
+
+class KeepAliveSettings(BaseModel):
+    """How often a stream refreshes ``last_progress_at``.
+
+    ``interval_secs`` must be at most a third of ``orphan_timeout_secs`` (the watchdog's
+    timeout), so that two writes in a row can be late or lost before the watchdog takes a
+    live stream for an orphan. With ``heartbeat`` (the default) a background task writes
+    every interval even when no chunk arrives, so a model that thinks silently for minutes
+    is not failed; liveness then means "the process serving the stream is alive", and a
+    stalled provider must be caught by the host's own timeout. Without it, only ``touch()``
+    writes, and a stream that stops producing chunks becomes an orphan.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    interval_secs: float = Field(default=30.0, gt=0)
+    orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
+    heartbeat: bool = True
+
+    @classmethod
+    def for_watchdog(
+        cls,
+        watchdog: WatchdogSettings,
+        *,
+        interval_secs: float | None = None,
+        heartbeat: bool = True,
+    ) -> KeepAliveSettings:
+        """Settings checked against the timeout the watchdog really uses, so the two cannot
+        drift apart; the interval defaults to a tenth of that timeout."""
+        timeout = watchdog.orphan_timeout_secs
+        return cls(
+            interval_secs=interval_secs if interval_secs is not None else timeout / 10,
+            orphan_timeout_secs=timeout,
+            heartbeat=heartbeat,
+        )
+
+    @model_validator(mode="after")
+    def _comfortably_below_timeout(self) -> KeepAliveSettings:
+        if self.interval_secs * 3 > self.orphan_timeout_secs:
+            raise ValueError(
+                f"keep-alive interval ({self.interval_secs} s) must be at most a third of "
+                f"the orphan timeout ({self.orphan_timeout_secs} s)"
+            )
+        return self
