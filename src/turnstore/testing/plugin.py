@@ -7,7 +7,7 @@ overriding fixtures in its own ``conftest.py``: ``turnstore_schema`` (another sc
 list of backends); or, without code, by choosing backends with ``--turnstore-backend NAME``
 (repeatable) or the ``turnstore_backends`` ini key.
 
-- ``turnstore_admin_dsn`` (session): a PostgreSQL server (see ``turnstore.testing.server``).
+- ``turnstore_admin_dsn`` (session): a PostgreSQL server (see ``turnstore.embedded``).
 - ``turnstore_template_db``: a database migrated once per schema name, cloned per test.
 - ``turnstore_pg_dsn``: a fresh migrated database for one test, dropped afterwards.
 - ``turnstore_postgres_store`` / ``turnstore_memory_store``: an open store of each kind.
@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from turnstore.testing.backends import BackendHarness, MemoryHarness, PostgresHarness
-from turnstore.testing.server import (
+from turnstore.embedded import (
     create_database,
     drop_database,
     postgres_server,
     with_dbname,
 )
+from turnstore.testing.backends import BackendHarness, MemoryHarness, PostgresHarness
 
 BACKENDS = ("memory", "postgres")
 OPTION = "--turnstore-backend"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from typing import Any, TypeVar, get_args
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import psycopg
 import psycopg_pool
@@ -20,22 +20,13 @@ from typing_extensions import assert_type, get_original_bases, get_protocol_memb
 
 import turnstore
 from turnstore import (
-    AccessScope,
-    CasCompleteParams,
-    CasTerminalParams,
-    CreateTurnParams,
-    RequesterType,
-    ToolCallType,
-    Turn,
     TurnRepository,
-    TurnState,
     TurnStore,
-    UpdatePreflightParams,
 )
 from turnstore.memory import InMemoryConnection, InMemoryStore, InMemoryTurnRepository
 from turnstore.postgres import PostgresStore, PostgresTurnRepository
+from typing_support import exercise
 
-RunnerT = TypeVar("RunnerT")
 #: The PostgreSQL runner, as a user annotates it.
 Connection = psycopg.AsyncConnection[Any]
 
@@ -149,74 +140,8 @@ async def test_concrete_stores_hand_out_their_own_runner_and_repository() -> Non
     assert isinstance(runner, InMemoryConnection)
 
 
-async def _exercise(store: TurnStore[RunnerT], tenant: UUID, user: UUID) -> None:
-    """Every method through the protocol, with the return type it promises."""
-    repo = store.turns
-    scope = AccessScope.for_tenant(tenant)
-    chat, request = uuid4(), uuid4()
-    params = CreateTurnParams(
-        id=uuid4(),
-        tenant_id=tenant,
-        chat_id=chat,
-        request_id=request,
-        requester_type=RequesterType.USER,
-        requester_user_id=user,
-    )
-    async with store.transaction() as runner:
-        assert_type(runner, RunnerT)
-        turn = await repo.create_turn(runner, scope, params)
-        assert_type(turn, Turn)
-        found = await repo.find_by_chat_and_request_id(runner, scope, chat, request)
-        assert_type(found, Turn | None)
-        running = await repo.find_running_by_chat_id(runner, scope, chat)
-        assert_type(running, Turn | None)
-        touched = await repo.update_progress_at(runner, scope, turn.id)
-        assert_type(touched, int)
-        preflight = UpdatePreflightParams(
-            turn_id=turn.id,
-            reserve_tokens=10,
-            max_output_tokens_applied=5,
-            reserved_credits_micro=1,
-            policy_version_applied=1,
-            effective_model="m",
-            minimal_generation_floor_applied=1,
-        )
-        assert_type(await repo.update_preflight_fields(runner, scope, preflight), int)
-        await repo.increment_tool_calls(runner, scope, turn.id, ToolCallType.WEB_SEARCH)
-        await repo.set_assistant_message_id(runner, scope, turn.id, uuid4())
-        orphans = await repo.find_orphan_candidates(runner, 60, 10)
-        assert_type(orphans, list[Turn])
-        assert_type(await repo.cas_finalize_orphan(runner, turn.id, 60), int)
-        complete = CasCompleteParams(turn_id=turn.id, assistant_message_id=uuid4())
-        assert_type(await repo.cas_update_completed(runner, scope, complete), int)
-        cancel = CasTerminalParams(turn_id=turn.id, state=TurnState.CANCELLED)
-        assert_type(await repo.cas_update_state(runner, scope, cancel), int)
-        assert_type(await repo.find_latest_turn(runner, scope, chat), Turn | None)
-        assert_type(await repo.find_latest_for_update(runner, scope, chat), Turn | None)
-        await repo.soft_delete(runner, scope, turn.id, None)
-    async with store.connection() as runner:
-        assert_type(runner, RunnerT)
-        after = await repo.find_by_chat_and_request_id(runner, scope, chat, request)
-    assert found == turn
-    assert running == turn
-    assert (touched, orphans) == (1, [])
-    assert after is not None
-    assert after.state is TurnState.COMPLETED
-    assert after.deleted_at is not None
-
-
 async def test_the_protocol_runs_on_the_in_memory_store() -> None:
     store: TurnStore[InMemoryConnection] = InMemoryStore()
     await store.migrate()
-    await _exercise(store, uuid4(), uuid4())
+    await exercise(store, uuid4(), uuid4())
     await store.close()
-
-
-async def test_the_protocol_runs_on_postgres(turnstore_postgres_store: PostgresStore) -> None:
-    async with turnstore_postgres_store.transaction() as conn:
-        assert_type(conn, Connection)
-    async with turnstore_postgres_store.connection() as conn:
-        assert_type(conn, Connection)
-    assert isinstance(conn, psycopg.AsyncConnection)
-    store: TurnStore[Connection] = turnstore_postgres_store
-    await _exercise(store, uuid4(), uuid4())

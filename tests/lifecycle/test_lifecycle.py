@@ -900,7 +900,7 @@ def test_new_uuid7_is_version_7_and_time_ordered() -> None:
 
 # --------------------------------------------------------------------------- docs
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "lifecycle.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md"
 
 
 async def test_docs_examples_run(turnstore_backend: BackendHarness) -> None:

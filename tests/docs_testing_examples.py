@@ -1,5 +1,8 @@
-"""Run the examples of docs/testing.md: each block marked ``<!-- file: DIR/NAME -->`` is
-written to a scratch project DIR, and pytest runs that project in its own process."""
+"""The examples of docs/testing.md: each block marked ``<!-- file: DIR/NAME -->`` is written
+to a scratch project DIR, and pytest runs that project in its own process.
+
+The ``fake`` project needs no server (``tests/unit/test_docs_testing.py``); the
+``conformance`` project does (``tests/postgres/test_docs_testing_conformance.py``)."""
 
 import os
 import re
@@ -7,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+__all__ = ["PROJECTS", "examples", "run_example_project"]
 
 DOC = Path(__file__).parents[1] / "docs" / "testing.md"
 BLOCK = re.compile(r"<!-- file: (?P<path>[\w./-]+) -->\n```\w*\n(?P<body>.*?)```", re.DOTALL)
@@ -33,12 +36,8 @@ def examples() -> dict[str, dict[str, str]]:
     return found
 
 
-def test_every_example_project_is_run() -> None:
-    assert set(examples()) == set(PROJECTS)
-
-
-@pytest.mark.parametrize("project", PROJECTS)
-def test_example_project_passes(tmp_path: Path, project: str) -> None:
+def run_example_project(tmp_path: Path, project: str) -> None:
+    """Write the example project ``project`` to ``tmp_path`` and run pytest on it."""
     for name, body in examples()[project].items():
         (tmp_path / name).write_text(body)
     result = subprocess.run(

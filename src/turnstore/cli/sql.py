@@ -1,0 +1,22 @@
+"""``turnstore sql``: print the whole schema as SQL, for teams that apply DDL with their own
+migration tool (Alembic, Flyway, ...)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TextIO
+
+from turnstore.cli._common import EXIT_OK, add_command, add_schema
+from turnstore.postgres import DEFAULT_SCHEMA, schema_sql
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: Any) -> None:
+    p = add_command(commands, "sql", "print the whole schema as SQL", _run)
+    add_schema(p, DEFAULT_SCHEMA, f"schema holding turnstore's tables (default: {DEFAULT_SCHEMA})")
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(schema_sql(args.schema))
+    return EXIT_OK
