@@ -21,12 +21,11 @@ import pytest
 
 from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR, EXIT_USAGE, format_table, main
 from turnstore.model import CreateTurnParams, RequesterType, Turn, TurnState
-from turnstore.postgres import PostgresStore, check_schema, migrate
+from turnstore.postgres import PostgresStore, advisory_lock_key, check_schema, migrate
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import PostgresHarness
 from turnstore.testing.server import temporary_database
-from turnstore.watchdog import advisory_lock_key
 
 
 async def run_cli(*args: str) -> int:

@@ -50,7 +50,10 @@ async def test_every_column_constraint_and_index_is_documented(turnstore_pg_dsn:
 def test_the_documented_names_exist_in_the_migration() -> None:
     """The reverse direction, without a database: every chat_turns_* name in the doc is
     created by a migration file."""
-    sql_text = "".join(p.read_text() for p in (Path(__file__).parents[1] / "sql").glob("*.sql"))
+    sql_text = "".join(
+        p.read_text()
+        for p in (Path(__file__).parents[1] / "src" / "turnstore" / "sql").glob("*.sql")
+    )
     documented = set(re.findall(r"`(chat_turns_\w+)`", DOC)) - {"chat_turns_pkey"}
     assert documented
     assert sorted(n for n in documented if n not in sql_text) == []

@@ -36,6 +36,7 @@ from uuid import UUID
 from psycopg.errors import DeadlockDetected, InFailedSqlTransaction
 
 from turnstore import rules
+from turnstore.election import InProcessElection
 from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
@@ -1088,6 +1089,10 @@ class InMemoryStore:
     async def migrate(self) -> None:
         """Nothing to migrate: the in-memory schema is always current."""
         self._check_open()
+
+    def leader_election(self) -> InProcessElection:
+        """A new election among the watchdogs of this process sharing this store."""
+        return InProcessElection(self)
 
     async def close(self) -> None:
         """Refuse new runners from now on; the stored turns go with the store."""
