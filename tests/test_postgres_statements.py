@@ -11,6 +11,7 @@ import pytest
 from turnstore.model import Turn
 from turnstore.postgres import CHAT_LOCK_CLASS, MIGRATION_LOCK_CLASS, PostgresTurnRepository
 from turnstore.postgres import statements as q
+from turnstore.postgres.scope import ScopedStatement
 
 TURN_FIELDS = list(Turn.model_fields)
 
@@ -59,7 +60,7 @@ def test_statements_are_rendered_with_the_schema_quoted_and_no_placeholder_left(
     for slot in PostgresTurnRepository.__slots__:
         value = getattr(repository, slot, None)
         texts = [value] if isinstance(value, str) else []
-        if hasattr(value, "head"):
+        if isinstance(value, ScopedStatement):
             texts = [value.head, value.tail]
         for text in texts:
             assert "{" not in text, slot

@@ -5,6 +5,8 @@ PostgreSQL session dies."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -143,6 +145,18 @@ def test_advisory_key_is_stable_per_schema_and_fits_a_bigint() -> None:
     assert -(2**63) <= key < 2**63
 
 
+def test_the_watchdog_imports_no_driver_and_no_backend() -> None:
+    """The watchdog is backend-neutral: the store supplies its election."""
+    code = (
+        "import sys, turnstore.watchdog\n"
+        "loaded = [m for m in sys.modules\n"
+        "          if m.split('.')[0] in ('psycopg', 'psycopg_pool')\n"
+        "          or m.startswith(('turnstore.postgres', 'turnstore.memory'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 async def test_a_store_without_a_dsn_needs_an_explicit_election() -> None:
     """A host pool whose conninfo (or kwargs) is a callable gives the store nothing to open
     the leader's connection from: the watchdog asks for an election of its own."""
@@ -170,14 +184,19 @@ async def test_each_store_builds_its_own_election(turnstore_pg_dsn: str) -> None
         schema="app_turns",
         dsn=turnstore_pg_dsn,
     ).leader_election()
+    # The database only in the pool's kwargs: advisory locks are per database, so an
+    # election that ignored the kwargs would lock in another one and win beside from_dsn.
+    params = conninfo_to_dict(turnstore_pg_dsn)
+    dbname = params.pop("dbname")
+    assert dbname != params.get("user", "postgres")
     host_pool = psycopg_pool.AsyncConnectionPool(
-        turnstore_pg_dsn, kwargs={"keepalives_idle": 5}, open=False
+        make_conninfo("", **params), kwargs={"dbname": dbname}, open=False
     )
     from_pool = PostgresStore(host_pool, schema="app_turns").leader_election()
     for election in (from_dsn, from_pool):
         assert isinstance(election, AdvisoryLockElection)
         assert election.key == key
-    # The host pool's election opens its connection the way the pool does: it leads.
+    # Both elections lock in the same database: the first one leads, the other cannot.
     try:
         assert await from_pool.acquire()
         assert not await from_dsn.acquire()
