@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
+from turnstore.election import LeaderElection
 from turnstore.model import CreateTurnParams, RequesterType, Turn
 from turnstore.repository import TurnRepository, TurnStore
 from turnstore.scope import AccessScope
@@ -112,6 +113,9 @@ class StoreTap:
 
     async def migrate(self) -> None:
         await self.inner.migrate()
+
+    def leader_election(self) -> LeaderElection:
+        return self.inner.leader_election()
 
     async def close(self) -> None:
         await self.inner.close()

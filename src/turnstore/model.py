@@ -2,7 +2,7 @@
 
 Everything here is pure: no I/O. Parameter models reject bad input on construction with a
 ``pydantic.ValidationError`` (a ``ValueError``), so nothing reaches the database unchecked.
-The limits mirror the column types and CHECK constraints of ``sql/``.
+The limits mirror the column types and CHECK constraints of ``turnstore/sql/``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 from uuid import UUID
 
+from turnstore.election import LeaderElection
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -158,6 +159,16 @@ class TurnStore(Protocol[RunnerT]):
 
     async def migrate(self) -> None:
         """Bring the schema up to date (a no-op on the fake)."""
+        ...
+
+    def leader_election(self) -> LeaderElection:
+        """A new election for this store's orphan watchdog: one watchdog per database scans
+        at a time, and only the store knows how its instances can agree on which one.
+
+        PostgreSQL: an advisory lock on a dedicated connection; the in-memory fake: a lock
+        among the watchdogs of one process. Each call returns a new, not yet acquired
+        election; ``OrphanWatchdog`` asks for one unless it is given its own.
+        """
         ...
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The orphan watchdog: fails turns whose process died mid-stream (spec section 8).
+"""The orphan watchdog: fails turns whose process died mid-stream.
 
 A turn is an orphan when it still runs but its ``last_progress_at`` is older than the
 timeout: the process streaming it crashed, or lost its database. ``OrphanWatchdog`` scans
@@ -7,30 +7,25 @@ which re-checks every orphan predicate, so a turn whose keep-alive renewed its p
 after the scan is left alone. The host's settlement hook (refund a quota reservation, emit
 an outbox event) runs in that transaction, only when the CAS was won.
 
-One watchdog per database scans at a time: on PostgreSQL the leader holds a session-level
-advisory lock on a dedicated connection (not from the pool, so the lock lives exactly as
-long as that session); on the in-memory fake an in-process lock per store plays the part.
+One watchdog per database scans at a time. The store decides how
+(``TurnStore.leader_election``): on PostgreSQL the leader holds a session-level advisory
+lock on a dedicated connection, on the in-memory fake an in-process lock per store plays
+the part. This module imports no database driver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, Protocol
+from typing import Any, Generic
 from uuid import UUID
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
-from turnstore.errors import InvalidParameterError
+from turnstore.election import LeaderElection
 from turnstore.model import Turn
 from turnstore.repository import RunnerT, TurnStore
 from turnstore.scope import AccessScope
@@ -43,44 +38,19 @@ from turnstore.settings import (
 )
 
 __all__ = [
-    "DEFAULT_LEADER_CHECK_TIMEOUT_SECS",
     "DEFAULT_ORPHAN_TIMEOUT_SECS",
-    "LEADER_CONNECTION_DEFAULTS",
     "MAX_ORPHAN_TIMEOUT_SECS",
     "MIN_ORPHAN_TIMEOUT_SECS",
-    "AdvisoryLockElection",
-    "InProcessElection",
-    "LeaderElection",
     "OrphanTimeoutSecs",
     "OrphanWatchdog",
     "SettlementHook",
     "SweepReport",
     "WatchdogMetrics",
     "WatchdogSettings",
-    "advisory_lock_key",
-    "leader_connection_kwargs",
 ]
 
 logger = logging.getLogger("turnstore.watchdog")
 
-#: The ``application_name`` of the leader's dedicated connection, to spot it in
-#: ``pg_stat_activity``.
-_APPLICATION_NAME = "turnstore-watchdog"
-
-#: Bounds given to the leader's dedicated connection unless its conninfo (or, for the
-#: connect timeout, ``PGCONNECT_TIMEOUT``) already sets them: a server that vanishes
-#: without closing the socket is noticed by TCP keepalives instead of never.
-LEADER_CONNECTION_DEFAULTS: dict[str, int] = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-}
-
-#: Seconds the leader waits for its session to answer a query (the liveness check before
-#: each scan, the lock attempt, the unlock) before it treats the session as lost.
-DEFAULT_LEADER_CHECK_TIMEOUT_SECS = 10.0
 
 #: The host's settlement hook: runs in the orphan's finalizing transaction, after the CAS
 #: was won, with the turn as the CAS left it (``failed``, ``orphan_timeout``).
@@ -119,244 +89,6 @@ class WatchdogMetrics:
         """A scan (search and finalization) took ``seconds``."""
 
 
-# --------------------------------------------------------------------------- election
-
-
-class LeaderElection(Protocol):
-    """Decides which watchdog instance may scan."""
-
-    @property
-    def is_leader(self) -> bool:
-        """Whether this instance held leadership at its last check."""
-        ...
-
-    async def acquire(self) -> bool:
-        """Become the leader, or confirm still being it; False if another instance is."""
-        ...
-
-    async def release(self) -> None:
-        """Give leadership up (idempotent)."""
-        ...
-
-
-def advisory_lock_key(schema: str) -> int:
-    """The advisory lock key of the watchdog of one schema: a stable signed 64-bit hash,
-    so two schemas in one database elect their watchdogs independently."""
-    digest = hashlib.blake2b(f"turnstore.watchdog:{schema}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-ConnectionFactory = Callable[[], Awaitable["psycopg.AsyncConnection[Any]"]]
-
-
-def leader_connection_kwargs(conninfo: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``psycopg.AsyncConnection.connect(conninfo, **result)`` that
-    open the leader's dedicated connection: ``kwargs`` plus autocommit, the watchdog's
-    ``application_name`` and every ``LEADER_CONNECTION_DEFAULTS`` entry that neither
-    ``conninfo`` nor ``kwargs`` sets."""
-    given = set(conninfo_to_dict(conninfo)) | set(kwargs or {})
-    if os.environ.get("PGCONNECT_TIMEOUT"):
-        given.add("connect_timeout")
-    result: dict[str, Any] = {k: v for k, v in LEADER_CONNECTION_DEFAULTS.items() if k not in given}
-    result.update(kwargs or {})
-    result.update(autocommit=True, application_name=_APPLICATION_NAME)
-    return result
-
-
-class _NoAnswer(Exception):
-    """The leader's session did not answer in time; its connection has been closed."""
-
-
-class AdvisoryLockElection:
-    """Leadership = a session-level ``pg_try_advisory_lock`` held on a dedicated connection.
-
-    The lock lives exactly as long as that session: if the connection dies (network, crash,
-    ``pg_terminate_backend``), the server releases it, the next ``acquire`` here notices the
-    dead connection and reports lost leadership, and another instance wins at its next try.
-    Every query on that session is bounded by ``check_timeout_secs``: a session that does
-    not answer in time is closed and counts as lost, so neither a scan nor ``stop()`` waits
-    on a server that vanished silently.
-    """
-
-    def __init__(
-        self,
-        connect: ConnectionFactory,
-        key: int,
-        *,
-        check_timeout_secs: float = DEFAULT_LEADER_CHECK_TIMEOUT_SECS,
-    ) -> None:
-        if not check_timeout_secs > 0:
-            raise InvalidParameterError(
-                f"check_timeout_secs must be positive, got {check_timeout_secs!r}"
-            )
-        self._connect = connect
-        self._key = key
-        self._check_timeout_secs = check_timeout_secs
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-
-    @classmethod
-    def from_dsn(
-        cls,
-        dsn: str,
-        key: int,
-        *,
-        check_timeout_secs: float = DEFAULT_LEADER_CHECK_TIMEOUT_SECS,
-    ) -> AdvisoryLockElection:
-        """An election over connections opened from ``dsn`` (see
-        ``leader_connection_kwargs`` for the options added to it)."""
-        kwargs = leader_connection_kwargs(dsn)
-
-        async def connect() -> psycopg.AsyncConnection[Any]:
-            return await psycopg.AsyncConnection.connect(dsn, **kwargs)
-
-        return cls(connect, key, check_timeout_secs=check_timeout_secs)
-
-    @property
-    def key(self) -> int:
-        return self._key
-
-    @property
-    def is_leader(self) -> bool:
-        return self._conn is not None
-
-    async def acquire(self) -> bool:
-        held = self._conn
-        if held is not None:
-            alive = False
-            try:
-                await self._ask(held, "SELECT 1")
-                alive = True
-            except (psycopg.Error, _NoAnswer) as exc:
-                logger.warning("watchdog leader connection lost (%s); leadership given up", exc)
-            finally:
-                if not alive:  # also when this task is cancelled mid-check
-                    await self._discard()
-            if alive:
-                return True
-        try:
-            conn = await self._connect()
-        except psycopg.Error as exc:
-            logger.warning("watchdog cannot connect to elect a leader: %s", exc)
-            return False
-        try:
-            won = await self._ask(conn, "SELECT pg_try_advisory_lock(%s)", (self._key,))
-            if won is True:
-                self._conn = conn
-        except (psycopg.Error, _NoAnswer) as exc:
-            logger.warning("watchdog leader election failed: %s", exc)
-        finally:
-            # A connection not stored, for whatever reason (lost race, error, cancellation
-            # after the server granted the lock), is closed: it may hold the lock.
-            if self._conn is not conn:
-                await conn.close()
-        if self._conn is not conn:
-            return False
-        logger.info("watchdog became leader (advisory lock %s)", self._key)
-        return True
-
-    async def release(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            # A dead session has released the lock; closing ends it either way.
-            with contextlib.suppress(psycopg.Error, _NoAnswer):
-                await self._ask(conn, "SELECT pg_advisory_unlock(%s)", (self._key,))
-        finally:
-            await self._discard()
-
-    async def _ask(
-        self, conn: psycopg.AsyncConnection[Any], query: str, params: tuple[Any, ...] = ()
-    ) -> object:
-        """The first value ``query`` returns on ``conn``, within ``check_timeout_secs``.
-
-        On a timeout (or this task's cancellation) the connection is closed before the
-        query is abandoned, so psycopg does not wait again on a session that is not
-        answering, and a lock the server may have granted meanwhile is released with it.
-        """
-
-        async def run() -> object:
-            cur = await conn.execute(query, params)
-            row = await cur.fetchone()
-            return None if row is None else row[0]
-
-        task = asyncio.ensure_future(run())
-        timed_out = False
-        try:
-            done, _ = await asyncio.wait({task}, timeout=self._check_timeout_secs)
-            timed_out = not done
-        finally:
-            if not task.done():  # timed out, or this task was cancelled while waiting
-                await conn.close()
-                task.cancel()
-                await asyncio.wait({task})
-                if not task.cancelled():
-                    task.exception()  # the closed connection is all it can report
-        if timed_out:
-            raise _NoAnswer(f"no answer within {self._check_timeout_secs} s")
-        return task.result()
-
-    async def _discard(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
-
-
-_IN_PROCESS_LEADERS: weakref.WeakKeyDictionary[object, InProcessElection] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-class InProcessElection:
-    """Leadership among the watchdogs of one process sharing one store (the fake's)."""
-
-    def __init__(self, store: object) -> None:
-        self._store = weakref.ref(store)
-
-    @property
-    def is_leader(self) -> bool:
-        store = self._store()
-        return store is not None and _IN_PROCESS_LEADERS.get(store) is self
-
-    async def acquire(self) -> bool:
-        store = self._store()
-        if store is None:
-            return False
-        holder = _IN_PROCESS_LEADERS.setdefault(store, self)
-        return holder is self
-
-    async def release(self) -> None:
-        store = self._store()
-        if store is not None and _IN_PROCESS_LEADERS.get(store) is self:
-            del _IN_PROCESS_LEADERS[store]
-
-
-def default_election(store: TurnStore[Any]) -> LeaderElection:
-    """Advisory lock for a store that knows its DSN; the in-process lock for the fake."""
-    from turnstore.memory import InMemoryStore
-
-    if isinstance(store, InMemoryStore):
-        return InProcessElection(store)
-    key = advisory_lock_key(str(getattr(store, "schema", "turnstore")))
-    dsn = getattr(store, "dsn", None)
-    if isinstance(dsn, str) and dsn:
-        return AdvisoryLockElection.from_dsn(dsn, key)
-    # A store wrapping the host's pool: open the dedicated connection the way the pool does.
-    pool = getattr(store, "pool", None)
-    conninfo = getattr(pool, "conninfo", None)
-    if isinstance(conninfo, str):
-        kwargs = leader_connection_kwargs(conninfo, dict(getattr(pool, "kwargs", None) or {}))
-
-        async def connect() -> psycopg.AsyncConnection[Any]:
-            return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
-
-        return AdvisoryLockElection(connect, key)
-    raise InvalidParameterError(
-        "cannot elect a watchdog leader for this store: it has no DSN to open a dedicated "
-        "connection; pass election=AdvisoryLockElection(connect, advisory_lock_key(schema))"
-    )
-
-
 # --------------------------------------------------------------------------- watchdog
 
 
@@ -376,11 +108,12 @@ class OrphanWatchdog(Generic[RunnerT]):
         metrics: WatchdogMetrics | None = None,
         election: LeaderElection | None = None,
     ) -> None:
+        # No election given: the store's own (``TurnStore.leader_election``).
         self._store = store
         self._settings = settings if settings is not None else WatchdogSettings()
         self._hook = settlement_hook
         self._metrics = metrics if metrics is not None else WatchdogMetrics()
-        self._election = election if election is not None else default_election(store)
+        self._election = election if election is not None else store.leader_election()
         self._sweep_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()

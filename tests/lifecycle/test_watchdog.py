@@ -5,33 +5,39 @@ PostgreSQL session dies."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+import psycopg_pool
 import pydantic
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from lifecycle_support import Chat, HookRecorder, tapped
+from turnstore.election import InProcessElection, LeaderElection
 from turnstore.errors import InvalidParameterError
 from turnstore.lifecycle import StartKind, TurnLifecycle
+from turnstore.memory import InMemoryStore
 from turnstore.model import Turn, TurnState
+from turnstore.postgres import (
+    AdvisoryLockElection,
+    PostgresStore,
+    advisory_lock_key,
+    leader_connection_kwargs,
+)
 from turnstore.repository import TurnStore
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import BackendHarness, PostgresHarness
 from turnstore.watchdog import (
-    AdvisoryLockElection,
-    InProcessElection,
-    LeaderElection,
     OrphanWatchdog,
     SweepReport,
     WatchdogMetrics,
     WatchdogSettings,
-    advisory_lock_key,
-    leader_connection_kwargs,
 )
 
 TIMEOUT = 60
@@ -139,12 +145,64 @@ def test_advisory_key_is_stable_per_schema_and_fits_a_bigint() -> None:
     assert -(2**63) <= key < 2**63
 
 
-async def test_a_store_without_a_dsn_needs_an_explicit_election() -> None:
-    class NoDsnStore:
-        dsn = None
+def test_the_watchdog_imports_no_driver_and_no_backend() -> None:
+    """The watchdog is backend-neutral: the store supplies its election."""
+    code = (
+        "import sys, turnstore.watchdog\n"
+        "loaded = [m for m in sys.modules\n"
+        "          if m.split('.')[0] in ('psycopg', 'psycopg_pool')\n"
+        "          or m.startswith(('turnstore.postgres', 'turnstore.memory'))]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
-    with pytest.raises(InvalidParameterError, match="election"):
-        OrphanWatchdog(NoDsnStore())  # type: ignore[arg-type]
+
+async def test_a_store_without_a_dsn_needs_an_explicit_election() -> None:
+    """A host pool whose conninfo (or kwargs) is a callable gives the store nothing to open
+    the leader's connection from: the watchdog asks for an election of its own."""
+
+    async def conninfo() -> str:
+        return ""
+
+    pools = [
+        psycopg_pool.AsyncConnectionPool(conninfo, open=False),
+        psycopg_pool.AsyncConnectionPool("", kwargs=lambda: {}, open=False),
+    ]
+    for pool in pools:
+        store = PostgresStore(pool)
+        with pytest.raises(InvalidParameterError, match="election"):
+            store.leader_election()
+        with pytest.raises(InvalidParameterError, match="election"):
+            OrphanWatchdog(store)
+
+
+async def test_each_store_builds_its_own_election(turnstore_pg_dsn: str) -> None:
+    assert isinstance(InMemoryStore().leader_election(), InProcessElection)
+    key = advisory_lock_key("app_turns")
+    from_dsn = PostgresStore(
+        psycopg_pool.AsyncConnectionPool("", open=False),
+        schema="app_turns",
+        dsn=turnstore_pg_dsn,
+    ).leader_election()
+    # The database only in the pool's kwargs: advisory locks are per database, so an
+    # election that ignored the kwargs would lock in another one and win beside from_dsn.
+    params = conninfo_to_dict(turnstore_pg_dsn)
+    dbname = params.pop("dbname")
+    assert dbname != params.get("user", "postgres")
+    host_pool = psycopg_pool.AsyncConnectionPool(
+        make_conninfo("", **params), kwargs={"dbname": dbname}, open=False
+    )
+    from_pool = PostgresStore(host_pool, schema="app_turns").leader_election()
+    for election in (from_dsn, from_pool):
+        assert isinstance(election, AdvisoryLockElection)
+        assert election.key == key
+    # Both elections lock in the same database: the first one leads, the other cannot.
+    try:
+        assert await from_pool.acquire()
+        assert not await from_dsn.acquire()
+    finally:
+        await from_pool.release()
+        await from_dsn.release()
 
 
 # --------------------------------------------------------------------------- sweeps

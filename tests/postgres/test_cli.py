@@ -16,11 +16,10 @@ from cli_support import run_cli, run_subprocess
 from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR
 from turnstore.embedded import temporary_database
 from turnstore.model import CreateTurnParams, RequesterType, Turn, TurnState
-from turnstore.postgres import PostgresStore, check_schema, migrate
+from turnstore.postgres import PostgresStore, advisory_lock_key, check_schema, migrate
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import PostgresHarness
-from turnstore.watchdog import advisory_lock_key
 
 
 @pytest.fixture

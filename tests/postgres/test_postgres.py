@@ -303,7 +303,7 @@ async def test_each_tool_bumps_only_its_own_counter(store: PostgresStore) -> Non
 
 
 async def test_unique_violations_map_by_constraint_name(store: PostgresStore) -> None:
-    from turnstore.postgres import _driver_errors
+    from turnstore.postgres.errors import driver_errors
 
     insert = (
         "INSERT INTO turnstore.chat_turns (id, tenant_id, chat_id, request_id, requester_type,"
@@ -313,21 +313,21 @@ async def test_unique_violations_map_by_constraint_name(store: PostgresStore) ->
     )
     async with store.connection() as conn:
         turn = await store.turns.create_turn(conn, ALLOW, _params())
-        with pytest.raises(DuplicateTurnIdError) as by_id, _driver_errors:
+        with pytest.raises(DuplicateTurnIdError) as by_id, driver_errors:
             await conn.execute(insert, (uuid.uuid4(), uuid.uuid4(), turn.id))
         assert by_id.value.turn_id == turn.id
         assert isinstance(by_id.value.__cause__, psycopg.errors.UniqueViolation)
         clash = insert.replace("SELECT id,", "SELECT gen_random_uuid(),")
-        with pytest.raises(DuplicateRequestError) as by_request, _driver_errors:
+        with pytest.raises(DuplicateRequestError) as by_request, driver_errors:
             await conn.execute(clash, (turn.chat_id, turn.request_id, turn.id))
         assert (by_request.value.chat_id, by_request.value.request_id) == (
             turn.chat_id,
             turn.request_id,
         )
-        with pytest.raises(GenerationInProgressError) as running, _driver_errors:
+        with pytest.raises(GenerationInProgressError) as running, driver_errors:
             await conn.execute(clash, (turn.chat_id, uuid.uuid4(), turn.id))
         assert running.value.chat_id == turn.chat_id
-        with pytest.raises(psycopg.errors.DivisionByZero), _driver_errors:
+        with pytest.raises(psycopg.errors.DivisionByZero), driver_errors:
             await conn.execute("SELECT 1/0")  # not ours: passes through unchanged
 
 

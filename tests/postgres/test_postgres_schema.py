@@ -1,4 +1,4 @@
-"""The PostgreSQL schema and its migrations: every constraint of ``sql/0001`` refuses the
+"""The PostgreSQL schema and its migrations: every constraint of ``turnstore/sql/0001`` refuses the
 rows it exists to refuse (by name), and ``migrate`` / ``check_schema`` / ``schema_sql``
 behave as documented, including concurrent runners and changed files."""
 
@@ -17,7 +17,7 @@ import pytest_asyncio
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-import turnstore.postgres as pg
+import turnstore.postgres.migrations as pgm
 from turnstore import (
     AccessScope,
     DuplicateTurnIdError,
@@ -223,7 +223,7 @@ async def _relation_exists(conn: Conn, schema: str, name: str) -> bool:
 def test_migration_files_are_the_numbered_sql_files() -> None:
     files = migration_files()
     assert [m.version for m in files] == sorted({m.version for m in files})
-    repo_sql = Path(__file__).resolve().parents[2] / "sql"
+    repo_sql = Path(__file__).resolve().parents[2] / "src" / "turnstore" / "sql"
     for m in files:
         text = (repo_sql / f"{m.version:04d}_{m.name}.sql").read_text(encoding="utf-8")
         assert m.sql == text
@@ -293,8 +293,8 @@ async def test_pending_migration_is_reported_and_applied_in_the_schema(
     empty_conn: Conn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await migrate(empty_conn)
-    monkeypatch.setattr(pg, "migration_files", lambda: _with_extra("CREATE TABLE extra (x int);"))
-    extra = pg.migration_files()[-1].version
+    monkeypatch.setattr(pgm, "migration_files", lambda: _with_extra("CREATE TABLE extra (x int);"))
+    extra = pgm.migration_files()[-1].version
     status = await check_schema(empty_conn)
     assert (status.current, status.pending) == (False, (extra,))
     assert await migrate(empty_conn) == [extra]
@@ -309,7 +309,7 @@ async def test_changed_migration_is_refused_and_nothing_applied(
     await empty_conn.execute(
         "UPDATE turnstore.schema_migrations SET checksum = 'edited' WHERE version = 1"
     )
-    monkeypatch.setattr(pg, "migration_files", lambda: _with_extra("CREATE TABLE extra (x int);"))
+    monkeypatch.setattr(pgm, "migration_files", lambda: _with_extra("CREATE TABLE extra (x int);"))
     status = await check_schema(empty_conn)
     assert status.changed == (1,)
     assert not status.current
@@ -335,13 +335,13 @@ async def test_failing_migration_records_nothing_and_releases_the_lock(
 ) -> None:
     await migrate(empty_conn)
     monkeypatch.setattr(
-        pg, "migration_files", lambda: _with_extra("CREATE TABLE half (x int); SELECT 1/0;")
+        pgm, "migration_files", lambda: _with_extra("CREATE TABLE half (x int); SELECT 1/0;")
     )
     with pytest.raises(MigrationError, match="extra") as info:
         await migrate(empty_conn)
     assert isinstance(info.value.__cause__, psycopg.errors.DivisionByZero)
     assert not await _relation_exists(empty_conn, "turnstore", "half")
-    assert (await check_schema(empty_conn)).pending == (pg.migration_files()[-1].version,)
+    assert (await check_schema(empty_conn)).pending == (pgm.migration_files()[-1].version,)
     cur = await empty_conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
         (MIGRATION_LOCK_CLASS,),

@@ -18,7 +18,8 @@ from turnstore import (
     RequesterType,
     Turn,
 )
-from turnstore.postgres import _SCOPE_CACHE_SIZE, PostgresStore
+from turnstore.postgres import PostgresStore
+from turnstore.postgres.scope import SCOPE_CACHE_SIZE
 
 ALLOW = AccessScope.allow_all()
 
@@ -45,7 +46,7 @@ async def test_each_new_scope_object_sees_only_its_own_tenant(
     tenants = (uuid.uuid4(), uuid.uuid4())
     turns = [await _turn(store, tenant) for tenant in tenants]
     # Irregular order, so that a reused address is not always reused by the same tenant.
-    order = random.Random(7).choices((0, 1), k=2 * _SCOPE_CACHE_SIZE + 10)
+    order = random.Random(7).choices((0, 1), k=2 * SCOPE_CACHE_SIZE + 10)
     async with store.connection() as conn:
         for i, own in enumerate(order):
             scope = AccessScope.for_tenant(tenants[own])
@@ -69,7 +70,7 @@ async def test_the_cache_lets_go_of_old_scopes(turnstore_postgres_store: Any) ->
     async with store.connection() as conn:
         assert await store.turns.update_progress_at(conn, first, turn.id) == 1
         del first
-        for _ in range(_SCOPE_CACHE_SIZE + 1):
+        for _ in range(SCOPE_CACHE_SIZE + 1):
             scope = AccessScope.for_tenant(turn.tenant_id)
             assert await store.turns.update_progress_at(conn, scope, turn.id) == 1
     gc.collect()

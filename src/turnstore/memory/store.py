@@ -8,6 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 
 from turnstore.clock import Clock, SystemClock
+from turnstore.election import InProcessElection
 from turnstore.errors import StoreUnavailableError
 from turnstore.memory.connection import InMemoryConnection
 from turnstore.memory.database import Database, Transaction
@@ -62,6 +63,10 @@ class InMemoryStore:
     @property
     def turns(self) -> InMemoryTurnRepository:
         return self._turns
+
+    def leader_election(self) -> InProcessElection:
+        """A new election among the watchdogs of this process sharing this store."""
+        return InProcessElection(self)
 
     def _check_open(self) -> None:
         if self._closed:

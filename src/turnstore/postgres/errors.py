@@ -1,0 +1,109 @@
+"""The one boundary where psycopg and psycopg-pool errors become turnstore errors.
+
+A unique violation of ``chat_turns`` is read off its constraint name and the key in the
+error detail; a lost or refused server, an exhausted or closed pool become
+``StoreUnavailableError``. The turnstore error is always chained ``from`` the driver's.
+Errors with no turnstore meaning (a deadlock, a serialization failure) pass through
+unchanged: the host decides whether to retry those.
+"""
+
+from __future__ import annotations
+
+import re
+from types import TracebackType
+from uuid import UUID
+
+import psycopg
+import psycopg_pool
+from psycopg.errors import UniqueViolation
+
+from turnstore.errors import (
+    DuplicateRequestError,
+    DuplicateTurnIdError,
+    GenerationInProgressError,
+    StoreUnavailableError,
+    TurnStoreError,
+)
+
+__all__ = [
+    "DriverErrorBoundary",
+    "driver_errors",
+    "raise_translated",
+    "translate",
+    "unique_violation_error",
+]
+
+# SQLSTATEs meaning "the server went away or refused us" (class 08 is matched by prefix).
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
+def unique_violation_error(exc: UniqueViolation) -> TurnStoreError | None:
+    """The typed error for a unique violation of ``chat_turns``, read off the constraint
+    name and the key in the error detail; ``None`` when it is not one of ours."""
+    ids = [UUID(m) for m in _UUID_RE.findall(exc.diag.message_detail or "")]
+    constraint = exc.diag.constraint_name
+    if constraint == "chat_turns_pkey" and len(ids) == 1:
+        return DuplicateTurnIdError(ids[0])
+    if constraint == "chat_turns_chat_request_key" and len(ids) == 2:
+        return DuplicateRequestError(ids[0], ids[1])
+    if constraint == "chat_turns_one_running_per_chat" and len(ids) == 1:
+        return GenerationInProgressError(ids[0])
+    return None
+
+
+def translate(exc: BaseException) -> TurnStoreError | None:
+    """The turnstore error a driver or pool error stands for, if any."""
+    if isinstance(exc, UniqueViolation):
+        return unique_violation_error(exc)
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, psycopg.errors.PipelineAborted
+    ):
+        state = exc.sqlstate
+        if state is None or state.startswith("08") or state in _UNAVAILABLE_SQLSTATES:
+            return StoreUnavailableError(f"PostgreSQL is unavailable: {exc}")
+        return None
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return StoreUnavailableError(f"no database connection available: {exc}")
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return StoreUnavailableError(f"the store is closed: {exc}")
+    return None
+
+
+class DriverErrorBoundary:
+    """``with driver_errors:`` re-raises driver errors as turnstore errors (chained).
+
+    Stateless, so one shared instance serves every call at the cost of a plain ``with``.
+    Errors it does not know (a deadlock, a serialization failure) pass through unchanged:
+    the host decides whether to retry those.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, TurnStoreError):
+            return
+        mapped = translate(exc)
+        if mapped is not None:
+            raise mapped from exc
+
+
+#: The shared boundary: ``with driver_errors: ...``.
+driver_errors = DriverErrorBoundary()
+
+
+def raise_translated(exc: Exception) -> None:
+    """In an ``except`` block: raise the turnstore error ``exc`` stands for, chained; return
+    (so the caller re-raises ``exc``) when it stands for none. The same mapping as
+    ``driver_errors``, for hot paths where a ``try`` costs nothing until something fails."""
+    if isinstance(exc, TurnStoreError):
+        return
+    mapped = translate(exc)
+    if mapped is not None:
+        raise mapped from exc

@@ -1,0 +1,405 @@
+"""Every SQL statement of the PostgreSQL backend, as a named constant.
+
+Placeholders in braces are identifiers, filled in once per schema by ``render`` through
+``psycopg.sql.Identifier``: ``{turns}`` is the schema-qualified ``chat_turns`` table,
+``{counter}`` a tool counter column, ``{table}`` / ``{schema}`` the migration bookkeeping.
+``{scope}`` marks where the compiled ``AccessScope`` expression goes (see
+``turnstore.postgres.scope``). Values are always ``%s`` parameters, in text order: a
+method's parameters first, the scope's last.
+
+Time is the database's: a statement that writes a time reads ``clock_timestamp()`` once,
+in the ``clock`` CTE, and writes that one value everywhere, so a turn created and completed
+in one transaction still has ``started_at <= completed_at``, and later statements always
+get later times.
+
+A statement returning turns selects every column of ``chat_turns`` in the order of the
+``Turn`` fields (``TURN_COLUMNS``); the row factory relies on that order, and a test reads
+each such statement to prove it.
+
+Advisory lock classes (two-key form ``pg_advisory[_xact]_lock(class, key)``) used here;
+a host should not use these class ids for its own locks:
+
+- ``CHAT_LOCK_CLASS`` (1414742856, ASCII ``TSCH``): serializes ``find_latest_for_update``
+  per chat, key ``hashtext(chat_id::text)``, held until the transaction ends.
+- ``MIGRATION_LOCK_CLASS`` (1414745415, ASCII ``TSMG``): serializes ``migrate`` per schema,
+  key ``hashtext(schema)``, held for the duration of the run.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from turnstore.postgres.scope import SCOPE_MARK, ScopedStatement
+
+__all__ = [
+    "CAS_COMPLETED",
+    "CAS_STATE",
+    "CHAT_LOCK_CLASS",
+    "CLASSIFY_CONFLICT",
+    "CREATE_SCHEMA",
+    "CREATE_VERSION_TABLE",
+    "DEFAULT_SCHEMA",
+    "FINALIZE_ORPHAN",
+    "FIND_BY_REQUEST",
+    "FIND_LATEST",
+    "FIND_ORPHANS",
+    "FIND_RUNNING",
+    "INCREMENT_TOOL",
+    "INSERT_TURN",
+    "LATEST_FOR_UPDATE",
+    "LATEST_ID",
+    "LOCK_CHAT",
+    "MIGRATION_LOCK",
+    "MIGRATION_LOCK_CLASS",
+    "MIGRATION_UNLOCK",
+    "READ_VERSIONS",
+    "RECORD_VERSION",
+    "SCHEMA_EXISTS",
+    "SCRIPT_HEADER",
+    "SCRIPT_RECORD_VERSION",
+    "SET_ASSISTANT_MESSAGE",
+    "SET_LOCAL_SEARCH_PATH",
+    "SOFT_DELETE",
+    "TURN_COLUMNS",
+    "TURN_ROW_STATEMENTS",
+    "UPDATE_PREFLIGHT",
+    "UPDATE_PROGRESS",
+    "VERSION_TABLE_EXISTS",
+    "param_ident",
+    "render",
+    "render_scoped",
+]
+
+#: The schema a store, repository or migration uses unless told otherwise.
+DEFAULT_SCHEMA = "turnstore"
+
+#: Advisory lock class of the per-chat lock taken by ``find_latest_for_update`` ("TSCH").
+#: Written out as a number in ``LOCK_CHAT``; a test keeps the two equal.
+CHAT_LOCK_CLASS = 0x54534348
+#: Advisory lock class of the per-schema lock taken by ``migrate`` ("TSMG").
+#: Written out as a number in ``MIGRATION_LOCK`` and ``MIGRATION_UNLOCK``.
+MIGRATION_LOCK_CLASS = 0x54534D47
+
+#: The columns every turn-returning statement selects, in this order: the ``Turn`` fields.
+TURN_COLUMNS: tuple[str, ...] = (
+    "id",
+    "tenant_id",
+    "chat_id",
+    "request_id",
+    "requester_type",
+    "requester_user_id",
+    "state",
+    "provider_name",
+    "provider_response_id",
+    "assistant_message_id",
+    "error_code",
+    "error_detail",
+    "reserve_tokens",
+    "max_output_tokens_applied",
+    "reserved_credits_micro",
+    "policy_version_applied",
+    "effective_model",
+    "minimal_generation_floor_applied",
+    "web_search_enabled",
+    "web_search_completed_count",
+    "code_interpreter_completed_count",
+    "file_search_completed_count",
+    "deleted_at",
+    "replaced_by_request_id",
+    "started_at",
+    "last_progress_at",
+    "completed_at",
+    "updated_at",
+)
+
+# --------------------------------------------------------------------------- turns
+
+INSERT_TURN = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+INSERT INTO {turns} (
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, started_at, last_progress_at, updated_at)
+VALUES (
+    %s, %s, %s, %s, %s, %s, 'running',
+    %s, %s, %s, %s,
+    %s, %s, %s,
+    %s, (SELECT ts FROM clock), (SELECT ts FROM clock), (SELECT ts FROM clock))
+ON CONFLICT DO NOTHING
+RETURNING
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at
+"""
+
+# Why an insert was refused, in the order the errors are reported: the id taken, the
+# request id taken (by which turn), the chat's running turn, and the ids of those two rows
+# that the caller's scope permits (an error names a turn only when the caller could have
+# read it).
+CLASSIFY_CONFLICT = """
+SELECT
+    EXISTS (SELECT 1 FROM {turns} WHERE id = %s),
+    (SELECT id FROM {turns} WHERE chat_id = %s AND request_id = %s),
+    (SELECT id FROM {turns}
+      WHERE chat_id = %s AND state = 'running' AND deleted_at IS NULL),
+    ARRAY(SELECT id FROM {turns}
+           WHERE chat_id = %s
+             AND (request_id = %s OR (state = 'running' AND deleted_at IS NULL))
+             AND ({scope}))
+"""
+
+FIND_BY_REQUEST = """
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at
+FROM {turns}
+WHERE chat_id = %s AND request_id = %s AND ({scope})
+"""
+
+FIND_RUNNING = """
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at
+FROM {turns}
+WHERE chat_id = %s AND state = 'running' AND deleted_at IS NULL AND ({scope})
+"""
+
+CAS_STATE = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET
+    state = %s,
+    error_code = %s,
+    error_detail = %s,
+    assistant_message_id = COALESCE(%s::uuid, assistant_message_id),
+    provider_response_id = COALESCE(%s::varchar, provider_response_id),
+    completed_at = clock.ts,
+    updated_at = clock.ts
+FROM clock
+WHERE id = %s AND state = 'running' AND ({scope})
+"""
+
+CAS_COMPLETED = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET
+    state = 'completed',
+    assistant_message_id = %s,
+    provider_response_id = COALESCE(%s::varchar, provider_response_id),
+    completed_at = clock.ts,
+    updated_at = clock.ts
+FROM clock
+WHERE id = %s AND state = 'running' AND ({scope})
+"""
+
+SET_ASSISTANT_MESSAGE = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET assistant_message_id = %s, updated_at = clock.ts
+FROM clock
+WHERE id = %s AND ({scope})
+"""
+
+# Idempotent: a second delete keeps the first deleted_at, replaced_by_request_id and
+# updated_at (SET expressions read the row as it was before this statement).
+SOFT_DELETE = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET
+    deleted_at = COALESCE(deleted_at, clock.ts),
+    replaced_by_request_id = CASE WHEN deleted_at IS NULL THEN %s::uuid
+                                  ELSE replaced_by_request_id END,
+    updated_at = CASE WHEN deleted_at IS NULL THEN clock.ts ELSE updated_at END
+FROM clock
+WHERE id = %s AND ({scope})
+"""
+
+FIND_LATEST = """
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at
+FROM {turns}
+WHERE chat_id = %s AND deleted_at IS NULL AND ({scope})
+ORDER BY started_at DESC, id DESC
+LIMIT 1
+"""
+
+UPDATE_PROGRESS = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET last_progress_at = clock.ts, updated_at = clock.ts
+FROM clock
+WHERE id = %s AND state = 'running' AND ({scope})
+"""
+
+FIND_ORPHANS = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at
+FROM {turns}, clock
+WHERE state = 'running' AND deleted_at IS NULL
+  AND last_progress_at <= clock.ts - make_interval(secs => %s)
+ORDER BY last_progress_at, id
+LIMIT %s
+"""
+
+FINALIZE_ORPHAN = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET
+    state = 'failed',
+    error_code = %s,
+    completed_at = clock.ts,
+    updated_at = clock.ts
+FROM clock
+WHERE id = %s AND state = 'running' AND deleted_at IS NULL
+  AND last_progress_at <= clock.ts - make_interval(secs => %s)
+"""
+
+# 1414742856 is CHAT_LOCK_CLASS.
+LOCK_CHAT = "SELECT pg_advisory_xact_lock(1414742856, hashtext(%s::text))"
+
+LATEST_FOR_UPDATE = """
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at
+FROM {turns}
+WHERE chat_id = %s AND deleted_at IS NULL AND ({scope})
+ORDER BY started_at DESC, id DESC
+LIMIT 1
+FOR UPDATE
+"""
+
+LATEST_ID = """
+SELECT id
+FROM {turns}
+WHERE chat_id = %s AND deleted_at IS NULL AND ({scope})
+ORDER BY started_at DESC, id DESC
+LIMIT 1
+"""
+
+UPDATE_PREFLIGHT = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET
+    reserve_tokens = %s,
+    max_output_tokens_applied = %s,
+    reserved_credits_micro = %s,
+    policy_version_applied = %s,
+    effective_model = %s,
+    minimal_generation_floor_applied = %s,
+    updated_at = clock.ts
+FROM clock
+WHERE id = %s AND state = 'running' AND ({scope})
+"""
+
+INCREMENT_TOOL = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+UPDATE {turns} SET {counter} = {counter} + 1, updated_at = clock.ts
+FROM clock
+WHERE id = %s AND state = 'running' AND deleted_at IS NULL AND ({scope})
+"""
+
+#: The names of the statements whose rows are turns (``TURN_COLUMNS``, in order).
+TURN_ROW_STATEMENTS: tuple[str, ...] = (
+    "INSERT_TURN",
+    "FIND_BY_REQUEST",
+    "FIND_RUNNING",
+    "FIND_LATEST",
+    "FIND_ORPHANS",
+    "LATEST_FOR_UPDATE",
+)
+
+# --------------------------------------------------------------------------- migrations
+
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp())
+"""
+
+VERSION_TABLE_EXISTS = "SELECT to_regclass(quote_ident(%s) || '.schema_migrations') IS NOT NULL"
+
+READ_VERSIONS = "SELECT version, name, checksum FROM {table}"
+
+RECORD_VERSION = "INSERT INTO {table} (version, name, checksum) VALUES (%s, %s, %s)"
+
+SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+
+CREATE_SCHEMA = "CREATE SCHEMA {schema}"
+
+SET_LOCAL_SEARCH_PATH = "SET LOCAL search_path TO {schema}"
+
+# The script of ``schema_sql``, for a host's own DDL tool: no parameters, values as literals.
+SCRIPT_HEADER = """
+-- turnstore schema {schema}
+CREATE SCHEMA IF NOT EXISTS {schema};
+SET search_path TO {schema};
+"""
+
+SCRIPT_RECORD_VERSION = """
+INSERT INTO {table} (version, name, checksum) VALUES ({version}, {name}, {checksum})
+ON CONFLICT (version) DO NOTHING;
+"""
+
+# 1414745415 is MIGRATION_LOCK_CLASS.
+MIGRATION_LOCK = "SELECT pg_advisory_lock(1414745415, hashtext(%s))"
+MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(1414745415, hashtext(%s))"
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def param_ident(*names: str) -> sql.SQL:
+    """A quoted identifier for a statement executed with parameters.
+
+    psycopg reads every ``%`` of such a statement as a placeholder, quoted identifiers
+    included, so a name like ``50%off`` would break it; the ``%`` is doubled here (and only
+    here: a statement executed without parameters is sent as written).
+    """
+    return sql.SQL(sql.Identifier(*names).as_string(None).replace("%", "%%"))
+
+
+def render(template: str, schema: str, **identifiers: str) -> str:
+    """Render a statement for ``schema``; identifiers are quoted, never interpolated raw.
+
+    Every rendered statement is executed with parameters, so identifiers are escaped for it.
+    ``{scope}``, if present, is left as ``SCOPE_MARK`` for ``render_scoped`` to split on.
+    """
+    names = {key: param_ident(value) for key, value in identifiers.items()}
+    query = sql.SQL(template.strip()).format(
+        turns=param_ident(schema, "chat_turns"), scope=sql.SQL(SCOPE_MARK), **names
+    )
+    return query.as_string(None)
+
+
+def render_scoped(template: str, schema: str, **identifiers: str) -> ScopedStatement:
+    """Render a statement with a ``{scope}`` placeholder for ``schema``, split around it."""
+    head, tail = render(template, schema, **identifiers).split(SCOPE_MARK)
+    return ScopedStatement(head, tail)
