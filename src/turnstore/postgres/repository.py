@@ -18,12 +18,10 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import RowMaker
 
+from turnstore import rules
 from turnstore.errors import (
-    DuplicateRequestError,
-    DuplicateTurnIdError,
     GenerationInProgressError,
     InvalidParameterError,
-    ScopeDeniedError,
     TurnNotFoundError,
 )
 from turnstore.model import (
@@ -51,11 +49,6 @@ __all__ = ["PostgresTurnRepository"]
 
 Connection = psycopg.AsyncConnection[Any]
 
-# How many times ``find_latest_for_update`` re-reads when a lock holder that bypassed the
-# chat lock changed which turn is latest, and how often ``create_turn`` retries an insert
-# whose conflicting row vanished before it could be classified.
-_MAX_RELOCKS = 8
-_MAX_INSERT_ATTEMPTS = 8
 
 _STATE_INDEX = TURN_COLUMNS.index("state")
 _REQUESTER_INDEX = TURN_COLUMNS.index("requester_type")
@@ -198,8 +191,9 @@ class PostgresTurnRepository:
     ) -> Turn:
         check_instance("params", params, CreateTurnParams)
         compiled = self._compiled(scope)
-        if not scope.permits(params):
-            raise ScopeDeniedError(params.id, params.tenant_id)
+        refusal = rules.insert_refusal(params, permitted=scope.permits(params))
+        if refusal is not None:
+            raise refusal
         values = (
             params.id,
             params.tenant_id,
@@ -217,7 +211,7 @@ class PostgresTurnRepository:
             params.web_search_enabled,
         )
         with driver_errors:
-            for _ in range(_MAX_INSERT_ATTEMPTS):
+            for _ in range(rules.MAX_INSERT_ATTEMPTS):
                 inserted = runner.cursor(row_factory=_turn_rows)
                 await inserted.execute(self._insert, values)
                 turn = await inserted.fetchone()
@@ -238,18 +232,15 @@ class PostgresTurnRepository:
                 row = await cur.fetchone()
                 assert row is not None
                 id_taken, existing_id, running_id, permitted = row
-                if id_taken:
-                    raise DuplicateTurnIdError(params.id)
-                if existing_id is not None:
-                    raise DuplicateRequestError(
-                        params.chat_id,
-                        params.request_id,
-                        existing_id if existing_id in permitted else None,
-                    )
-                if running_id is not None:
-                    raise GenerationInProgressError(
-                        params.chat_id, running_id if running_id in permitted else None
-                    )
+                refusal = rules.insert_refusal(
+                    params,
+                    id_taken=id_taken,
+                    existing_id=existing_id,
+                    running_id=running_id,
+                    visible=permitted,
+                )
+                if refusal is not None:
+                    raise refusal
                 # The conflicting row was gone by the time we looked (its transaction
                 # rolled back, or the running turn was finalized): try again.
         raise GenerationInProgressError(params.chat_id)
@@ -361,7 +352,7 @@ class PostgresTurnRepository:
         with driver_errors:
             lock_params: tuple[Any, ...] | None = (chat_id,)
             turn: Turn | None = None
-            for _ in range(_MAX_RELOCKS):
+            for _ in range(rules.MAX_RELOCKS):
                 locked = runner.cursor(row_factory=_turn_rows)
                 check = runner.cursor()
                 async with runner.pipeline():
@@ -396,7 +387,5 @@ class PostgresTurnRepository:
         self, runner: Connection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
         check_uuid("turn_id", turn_id)
-        statement = self._increment.get(tool)
-        if statement is None:
-            raise InvalidParameterError(f"tool must be a ToolCallType, got {tool!r}")
+        statement = self._increment[rules.check_tool(tool)]
         await self._count(runner, statement, scope, (turn_id,))
