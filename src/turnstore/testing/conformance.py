@@ -9,7 +9,9 @@ in a test module::
 
 Each WHERE condition of each method has a test that fails when the condition is dropped;
 concurrency is exercised with real tasks, each on its own runner, ordered by events.
-Time passes through ``BackendHarness.advance_time``, never through sleeping.
+Time passes through ``BackendHarness.advance_time``, never through sleeping; tests that
+need an exact instant (a predicate's boundary, two turns started at the same time) put the
+clock there with ``BackendHarness.set_time``.
 
 The concurrency tests hold up to ``CONCURRENCY + 2`` connections at once: a host pool
 given to the suite needs at least that many.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -29,6 +32,7 @@ from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
     GenerationInProgressError,
+    InvalidParameterError,
     ScopeDeniedError,
     TurnNotFoundError,
     TurnStoreError,
@@ -85,6 +89,10 @@ BLOCK_PROBE_SECS = 0.5
 #: An orphan timeout for the tests, and a span of time comfortably beyond it.
 TIMEOUT_SECS = 300
 STALE_SECS = 400.0
+#: The resolution of ``timestamptz``: the least step between two distinct instants.
+TICK = timedelta(microseconds=1)
+#: An instant for tests that set the clock (any would do; a fixed one reads well).
+SET_INSTANT = datetime(2031, 5, 17, 12, 0, tzinfo=timezone.utc)
 
 ALLOW = AccessScope.allow_all()
 T = TypeVar("T")
@@ -221,6 +229,21 @@ class Backend:
     async def latest_for_update(self, chat_id: UUID, scope: AccessScope = ALLOW) -> Turn | None:
         async with self.store.transaction() as runner:
             return await self.repo.find_latest_for_update(runner, scope, chat_id)
+
+    async def chat_started_at_once(self, larger_id_first: bool) -> tuple[Turn, Turn]:
+        """Two turns of one chat with the same ``started_at`` (a clock stepped back between
+        them), the first finished; the larger id is created first or second as asked."""
+        low, high = ordered_ids()
+        ids = (high, low) if larger_id_first else (low, high)
+        chat_id, tenant_id = uuid4(), uuid4()
+        await self.harness.set_time(SET_INSTANT)
+        first = await self.finish(
+            await self.create(turn_id=ids[0], chat_id=chat_id, tenant_id=tenant_id)
+        )
+        await self.harness.set_time(SET_INSTANT)
+        second = await self.create(turn_id=ids[1], chat_id=chat_id, tenant_id=tenant_id)
+        assert first.started_at == second.started_at == SET_INSTANT
+        return first, second
 
     async def chat_of(self, n: int, *, finish: bool = True) -> list[Turn]:
         """``n`` turns of one chat created one after another (all but the last finished)."""
@@ -549,6 +572,16 @@ class TestFindLatestTurn:
         async with db.store.connection() as runner:
             await db.repo.set_assistant_message_id(runner, ALLOW, first.id, uuid4())
         assert await db.latest(chat_id) == second
+
+    @pytest.mark.parametrize(
+        "larger_id_first", [True, False], ids=["larger-first", "larger-second"]
+    )
+    async def test_same_started_at_the_larger_id_is_latest(
+        self, turnstore_backend: BackendHarness, larger_id_first: bool
+    ) -> None:
+        db = Backend(turnstore_backend)
+        first, second = await db.chat_started_at_once(larger_id_first)
+        assert (await db.latest(first.chat_id)) == max(first, second, key=lambda t: t.id)
 
     async def test_by_started_at_not_by_progress(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)
@@ -936,6 +969,31 @@ class TestFindOrphanCandidates:
         assert await db.orphans(timeout=int(STALE_SECS) + 200) == []
         assert await db.orphans(timeout=int(STALE_SECS) - 100) == [turn.id]
 
+    async def test_progress_exactly_timeout_ago_is_stale(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        db = Backend(turnstore_backend)
+        await turnstore_backend.set_time(SET_INSTANT)
+        turn = await db.create()
+        assert turn.last_progress_at == SET_INSTANT
+        boundary = SET_INSTANT + timedelta(seconds=TIMEOUT_SECS)
+        await turnstore_backend.set_time(boundary - TICK)
+        assert await db.orphans() == [], "progress one microsecond short of the timeout"
+        await turnstore_backend.set_time(boundary)
+        assert await db.orphans() == [turn.id], "progress exactly the timeout ago is stale"
+
+    async def test_same_progress_smaller_id_first(self, turnstore_backend: BackendHarness) -> None:
+        db = Backend(turnstore_backend)
+        low, high = ordered_ids()
+        await turnstore_backend.set_time(SET_INSTANT)
+        larger = await db.create(turn_id=high)
+        await turnstore_backend.set_time(SET_INSTANT)
+        smaller = await db.create(turn_id=low)
+        assert larger.last_progress_at == smaller.last_progress_at
+        await turnstore_backend.advance_time(STALE_SECS)
+        assert await db.orphans() == [smaller.id, larger.id]
+        assert await db.orphans(limit=1) == [smaller.id]
+
     async def test_renewed_progress_is_not_an_orphan(
         self, turnstore_backend: BackendHarness
     ) -> None:
@@ -998,6 +1056,22 @@ class TestCasFinalizeOrphan:
         assert after.completed_at >= after.started_at
         assert await self.finalize(db, turn) == 0, "a second finalizer must lose"
 
+    async def test_progress_exactly_timeout_ago_is_failed(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        db = Backend(turnstore_backend)
+        await turnstore_backend.set_time(SET_INSTANT)
+        turn = await db.create()
+        boundary = SET_INSTANT + timedelta(seconds=TIMEOUT_SECS)
+        await turnstore_backend.set_time(boundary - TICK)
+        assert await self.finalize(db, turn) == 0, "progress one microsecond short of the timeout"
+        unchanged(turn)(await db.reload(turn))
+        await turnstore_backend.set_time(boundary)
+        assert await self.finalize(db, turn) == 1, "progress exactly the timeout ago is stale"
+        after = await db.reload(turn)
+        assert after.state is TurnState.FAILED
+        assert after.completed_at == boundary
+
     async def test_renewed_progress_is_not_failed(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)
         turn = await db.create()
@@ -1046,6 +1120,17 @@ class TestFindLatestForUpdate:
         await db.delete(second)
         assert await db.latest_for_update(chat_id) == await db.latest(chat_id)
         assert await db.latest_for_update(uuid4()) is None
+
+    @pytest.mark.parametrize(
+        "larger_id_first", [True, False], ids=["larger-first", "larger-second"]
+    )
+    async def test_same_started_at_the_larger_id_is_latest(
+        self, turnstore_backend: BackendHarness, larger_id_first: bool
+    ) -> None:
+        db = Backend(turnstore_backend)
+        first, second = await db.chat_started_at_once(larger_id_first)
+        larger = max(first, second, key=lambda t: t.id)
+        assert await db.latest_for_update(first.chat_id) == larger
 
     async def test_excludes_deleted_and_other_chats(
         self, turnstore_backend: BackendHarness
@@ -1372,6 +1457,27 @@ class TestScopeIsolation:
 
 @pytest.mark.asyncio
 class TestTimestamps:
+    async def test_set_time_is_read_exactly_even_backwards(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        """The harness contract the boundary and tie-break tests rely on."""
+        db = Backend(turnstore_backend)
+        with pytest.raises(InvalidParameterError):
+            await turnstore_backend.set_time(datetime(2031, 5, 17))  # naive: which zone?
+        await turnstore_backend.set_time(SET_INSTANT)
+        turn = await db.create()
+        assert turn.started_at == turn.last_progress_at == SET_INSTANT
+        assert await db.touch(turn) == 1
+        assert (await db.reload(turn)).last_progress_at == SET_INSTANT + TICK
+        earlier = SET_INSTANT - timedelta(days=1)
+        await turnstore_backend.set_time(earlier)
+        before = await db.create()
+        assert before.started_at == earlier
+        await turnstore_backend.advance_time(STALE_SECS)
+        after = await db.create()
+        before = await db.reload(before)
+        assert after.started_at - before.started_at >= timedelta(seconds=STALE_SECS)
+
     async def test_insert_stamps_one_instant(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)
         turn = await db.create()
