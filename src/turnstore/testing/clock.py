@@ -2,7 +2,7 @@
 
 The in-memory store reads its clock once per call, the way PostgreSQL reads
 ``clock_timestamp()`` once per statement. A test advances the clock to make turns
-orphaned without sleeping.
+orphaned without sleeping, or sets it to an exact instant to hit a boundary.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ __all__ = ["ManualClock"]
 
 
 class ManualClock(MonotonicClock):
-    """A clock that stands still until ``advance`` is called.
+    """A clock that stands still until ``advance`` or ``set`` is called.
 
-    Like ``clock_timestamp()``, it never returns the same instant twice: each reading is at
-    least one microsecond after the previous one, so turns created later sort later even
+    Like ``clock_timestamp()``, each reading is at least one microsecond after the previous
+    one (unless ``set`` steps the clock back), so turns created later sort later even
     while the clock stands still. ``start`` defaults to the wall-clock time at construction;
     it must be timezone-aware.
     """
@@ -51,3 +51,18 @@ class ManualClock(MonotonicClock):
             )
         base = self._current if self.last is None else max(self._current, self.last)
         self._current = base + timedelta(seconds=seconds)
+
+    def set(self, at: datetime) -> None:
+        """Put the clock at ``at``: the next reading is exactly ``at``, even when that is
+        earlier than a reading already handed out (a host's clock stepping back).
+
+        Readings after it go on one microsecond apart while the clock stands still.
+        """
+        if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidParameterError(
+                f"ManualClock.set needs a timezone-aware datetime, got {at!r}"
+            )
+        self._current = at.astimezone(timezone.utc)
+        # Forget the readings handed out so far: the strictly-increasing guarantee
+        # restarts from ``at``.
+        self._last = None

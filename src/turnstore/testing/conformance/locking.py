@@ -1,0 +1,182 @@
+"""Conformance of ``find_latest_for_update``: the latest turn, locked, with the chat serialized."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import pytest
+
+from turnstore.model import Turn
+from turnstore.scope import AccessScope
+from turnstore.testing.backends import BackendHarness
+from turnstore.testing.conformance._support import (
+    ALLOW,
+    BLOCK_PROBE_SECS,
+    Backend,
+    Planted,
+    bounded,
+    make_params,
+    ordered_ids,
+)
+
+__all__ = [
+    "TestFindLatestForUpdate",
+]
+
+
+@pytest.mark.asyncio
+class TestFindLatestForUpdate:
+    async def test_same_answer_as_find_latest_turn(self, turnstore_backend: BackendHarness) -> None:
+        db = Backend(turnstore_backend)
+        low, high = ordered_ids()
+        chat_id, tenant_id = uuid4(), uuid4()
+        await db.finish(await db.create(turn_id=high, chat_id=chat_id, tenant_id=tenant_id))
+        second = await db.create(turn_id=low, chat_id=chat_id, tenant_id=tenant_id)
+        assert await db.latest_for_update(chat_id) == second
+        await db.delete(second)
+        assert await db.latest_for_update(chat_id) == await db.latest(chat_id)
+        assert await db.latest_for_update(uuid4()) is None
+
+    @pytest.mark.parametrize(
+        "larger_id_first", [True, False], ids=["larger-first", "larger-second"]
+    )
+    async def test_same_started_at_the_larger_id_is_latest(
+        self, turnstore_backend: BackendHarness, larger_id_first: bool
+    ) -> None:
+        db = Backend(turnstore_backend)
+        first, second = await db.chat_started_at_once(larger_id_first)
+        larger = max(first, second, key=lambda t: t.id)
+        assert await db.latest_for_update(first.chat_id) == larger
+
+    async def test_excludes_deleted_and_other_chats(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        db = Backend(turnstore_backend)
+        first, second = await db.chat_of(2)
+        await db.create(tenant_id=first.tenant_id)  # newer, another chat
+        await db.delete(second)
+        assert await db.latest_for_update(first.chat_id) == first
+        await db.delete(first)
+        assert await db.latest_for_update(first.chat_id) is None
+
+    async def test_the_latest_in_scope(self, turnstore_backend: BackendHarness) -> None:
+        db = Backend(turnstore_backend)
+        mine = await db.finish(await db.create())
+        await db.create(chat_id=mine.chat_id)  # another tenant's, newer
+        scope = AccessScope.for_tenant(mine.tenant_id)
+        assert await db.latest_for_update(mine.chat_id, scope) == mine
+        assert await db.latest_for_update(mine.chat_id, AccessScope.deny_all()) is None
+
+    async def test_second_locker_waits_and_then_sees_the_true_latest(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        """Spec section 7: the first transaction replaces the latest turn X by Y; a locker
+        that waited on it must get Y, not X and not the older W."""
+        db = Backend(turnstore_backend)
+        older, latest = await db.chat_of(2)
+        replacement = make_params(chat_id=latest.chat_id, tenant_id=latest.tenant_id)
+        first_locked, release_first = asyncio.Event(), asyncio.Event()
+        events: list[str] = []
+
+        async def first() -> Turn:
+            async with db.store.transaction() as runner:
+                seen = await db.repo.find_latest_for_update(runner, ALLOW, latest.chat_id)
+                assert seen == latest
+                first_locked.set()
+                await bounded(release_first.wait())
+                await db.repo.soft_delete(runner, ALLOW, latest.id, replacement.request_id)
+                created = await db.repo.create_turn(runner, ALLOW, replacement)
+                events.append("first commits")
+            return created
+
+        async def second() -> Turn | None:
+            async with db.store.transaction() as runner:
+                seen = await db.repo.find_latest_for_update(runner, ALLOW, latest.chat_id)
+                events.append("second locked")
+                return seen
+
+        first_task = asyncio.create_task(first())
+        await bounded(first_locked.wait())
+        second_task = asyncio.create_task(second())
+        done, _ = await asyncio.wait({second_task}, timeout=BLOCK_PROBE_SECS)
+        assert not done, "a second locker of the chat got through while the first held it"
+        release_first.set()
+        created = await bounded(first_task)
+        seen = await bounded(second_task)
+        assert events == ["first commits", "second locked"]
+        assert seen is not None
+        assert seen.id == created.id, (
+            f"waiting locker got {seen.id}; true latest is {created.id} "
+            f"(replaced {latest.id}, older {older.id})"
+        )
+
+    async def test_an_empty_chat_is_locked_too(self, turnstore_backend: BackendHarness) -> None:
+        """The lock is on the chat, not only on its latest row: two transactions that both
+        find a chat empty and both mean to start its first turn are serialized."""
+        db = Backend(turnstore_backend)
+        params = make_params()
+        first_locked, release_first = asyncio.Event(), asyncio.Event()
+
+        async def first() -> Turn:
+            async with db.store.transaction() as runner:
+                assert await db.repo.find_latest_for_update(runner, ALLOW, params.chat_id) is None
+                first_locked.set()
+                await bounded(release_first.wait())
+                return await db.repo.create_turn(runner, ALLOW, params)
+
+        first_task = asyncio.create_task(first())
+        await bounded(first_locked.wait())
+        second_task = asyncio.create_task(db.latest_for_update(params.chat_id))
+        done, _ = await asyncio.wait({second_task}, timeout=BLOCK_PROBE_SECS)
+        assert not done, "a second locker of an empty chat got through while the first held it"
+        release_first.set()
+        created = await bounded(first_task)
+        assert await bounded(second_task) == created
+
+    async def test_rollback_releases_the_lock(self, turnstore_backend: BackendHarness) -> None:
+        db = Backend(turnstore_backend)
+        (turn,) = await db.chat_of(1)
+        first_locked, release_first = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with db.store.transaction() as runner:
+                await db.repo.find_latest_for_update(runner, ALLOW, turn.chat_id)
+                await db.repo.soft_delete(runner, ALLOW, turn.id, None)
+                first_locked.set()
+                await bounded(release_first.wait())
+                raise Planted
+
+        first_task = asyncio.create_task(first())
+        await bounded(first_locked.wait())
+        second_task = asyncio.create_task(db.latest_for_update(turn.chat_id))
+        done, _ = await asyncio.wait({second_task}, timeout=BLOCK_PROBE_SECS)
+        assert not done, "a second locker of the chat got through while the first held it"
+        release_first.set()
+        with pytest.raises(Planted):
+            await bounded(first_task)
+        assert await bounded(second_task) == turn
+
+    async def test_other_chats_and_plain_readers_are_not_blocked(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        db = Backend(turnstore_backend)
+        (locked,) = await db.chat_of(1)
+        (other,) = await db.chat_of(1)
+        first_locked, release_first = asyncio.Event(), asyncio.Event()
+
+        async def first() -> None:
+            async with db.store.transaction() as runner:
+                await db.repo.find_latest_for_update(runner, ALLOW, locked.chat_id)
+                first_locked.set()
+                await bounded(release_first.wait())
+
+        first_task = asyncio.create_task(first())
+        try:
+            await bounded(first_locked.wait())
+            assert await bounded(db.latest_for_update(other.chat_id)) == other
+            assert await bounded(db.latest(locked.chat_id)) == locked
+            assert not first_task.done()
+        finally:
+            release_first.set()
+            await bounded(first_task)
