@@ -548,8 +548,8 @@ async def bench_typical_turn(
             row["ratio_vs_pgbench"] = row["turnstore"]["ops_per_s"] / row["pgbench"]["ops_per_s"]
             row["psycopg_vs_pgbench"] = row["psycopg"]["ops_per_s"] / row["pgbench"]["ops_per_s"]
         if pgbench is not None:
-            # The spec's steps one statement each (look up the key, look for a running turn,
-            # insert), the rest unchanged: what the single-statement start saves.
+            # The steps of *Starting a turn* one statement each (look up the key, look for a running
+            # turn, insert), the rest unchanged: what the single-statement start saves.
             row["pgbench_naive_start"] = await asyncio.to_thread(
                 run_pgbench, pgbench, dsn, _pgbench_script(naive, dsn), tasks, settings.turn_seconds
             )
@@ -567,8 +567,8 @@ async def bench_typical_turn(
 
 
 async def naive_start(capture: Conn, repo: PostgresTurnRepository, turn: Recording) -> Recording:
-    """The typical turn preceded by the two lookups of spec section 6, as separate
-    statements: the start a data layer without the single-statement insert would send."""
+    """The typical turn preceded by the two lookups of *Starting a turn*, as separate statements:
+    the start a data layer without the single-statement insert would send."""
     by_name = {case.name: case for case in METHODS}
     values = dict(turn.sentinels)
     lookups: list[Statement] = []

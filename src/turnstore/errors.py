@@ -62,8 +62,9 @@ class ScopeDeniedError(TurnStoreError):
 class DuplicateRequestError(TurnStoreError):
     """A turn with this ``(chat_id, request_id)`` already exists (deleted turns included).
 
-    This is the ``request_id_conflict`` outcome of spec section 6. ``existing_turn_id``
-    names the turn holding the key only when the caller's scope permits that turn.
+    This is the ``request_id_conflict`` outcome of docs/design.md, *Starting a turn*.
+    ``existing_turn_id`` names the turn holding the key only when the caller's scope permits that
+    turn.
     """
 
     code = "request_id_conflict"
@@ -128,7 +129,8 @@ class TurnNotFoundError(TurnStoreError):
 
 
 class ForbiddenError(TurnStoreError):
-    """The actor is not the user who requested the turn (spec section 7)."""
+    """The actor is not the user who requested the turn (docs/design.md, *Retry, edit and
+    delete*)."""
 
     code = "forbidden"
 

@@ -1,5 +1,5 @@
-"""The rules around a turn (spec sections 6 to 8): start or replay, keep-alive, finalize,
-and retry, edit or delete of the last turn.
+"""The rules around a turn (docs/design.md, *Starting a turn* to *Orphans and the watchdog*): start
+or replay, keep-alive, finalize, and retry, edit or delete of the last turn.
 
 ``TurnLifecycle`` is written against the ``TurnStore`` protocol only, so the same code runs on
 PostgreSQL and on the in-memory fake. Every operation either opens what it needs from the
@@ -181,7 +181,7 @@ MutationHook = Callable[[RunnerT, MutationResult], Awaitable[None]]
 
 
 class TurnLifecycle(Generic[RunnerT]):
-    """The lifecycle rules of spec sections 6 to 8 over one ``TurnStore``.
+    """The lifecycle rules of docs/design.md over one ``TurnStore``.
 
     Every method takes an optional ``runner``: when given, the work runs on it (inside the
     host's transaction, if the host opened one) and the host commits or rolls back; when
@@ -217,13 +217,13 @@ class TurnLifecycle(Generic[RunnerT]):
     async def begin_turn(
         self, scope: AccessScope, params: CreateTurnParams, *, runner: RunnerT | None = None
     ) -> StartOutcome:
-        """Start a turn, replay a completed one, or say why not (spec section 6).
+        """Start a turn, replay a completed one, or say why not (docs/design.md, *Starting a turn*).
 
-        The insert is tried first: it succeeds exactly when step 1 (the request id is new)
-        and step 2 (no running turn in the chat) both hold, because the two unique indexes
-        enforce them, so the common path is one statement. When the insert is refused, the
-        steps are applied in the spec's order on fresh reads: a taken request id decides
-        first (replay or ``request_id_conflict``), even while another turn runs; only then
+        The insert is tried first: it succeeds exactly when step 1 (the request id is new) and step
+        2 (no running turn in the chat) both hold, because the two unique indexes enforce them, so
+        the common path is one statement. When the insert is refused, the steps are applied in the
+        order of *Starting a turn* on fresh reads: a taken request id decides first (replay or
+        ``request_id_conflict``), even while another turn runs; only then
         ``generation_in_progress``.
         """
         async with self._on(runner, atomic=False) as run:

@@ -31,7 +31,7 @@ RunnerT_contra = TypeVar("RunnerT_contra", contravariant=True)
 
 
 class TurnRepository(Protocol[RunnerT_contra]):
-    """Persistence of turns: the 14 methods of spec section 5, in the seed's order.
+    """Persistence of turns: the 14 methods of docs/design.md, *Repository methods*.
 
     Every scoped method sees only rows that ``scope`` permits; an out-of-scope row is
     indistinguishable from a missing one. Methods returning ``int`` report rows affected
@@ -123,8 +123,8 @@ class TurnRepository(Protocol[RunnerT_contra]):
     ) -> Turn | None:
         """The latest turn, locked (with the chat) until the transaction ends.
 
-        After waiting on another transaction, returns the latest turn as that
-        transaction left it (spec section 7).
+        After waiting on another transaction, returns the latest turn as that transaction left it
+        (docs/design.md, *The latest-turn lock*).
         """
         ...
 

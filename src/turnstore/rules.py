@@ -1,4 +1,5 @@
-"""The rules of a turn as pure functions (spec sections 2, 6 and 7).
+"""The rules of a turn as pure functions (docs/design.md: *States and transitions*, *Starting a
+turn*, *Retry, edit and delete*).
 
 These are the single source of truth: the in-memory fake calls them to decide, the SQL of
 the PostgreSQL backend mirrors them predicate for predicate, and property tests exercise
@@ -149,7 +150,7 @@ def pick_latest(turns: Iterable[Turn]) -> Turn | None:
 
 
 class StartDecision(str, Enum):
-    """What a new request for a turn gets (spec section 6)."""
+    """What a new request for a turn gets (docs/design.md, *Starting a turn*)."""
 
     START = "start"
     REPLAY = "replay"
@@ -235,12 +236,12 @@ def mutation_rejection(
 ) -> TurnStoreError | None:
     """Why retry/edit/delete of ``target`` must be refused, or ``None`` if it may go on.
 
-    Checks in the order of spec section 7: missing, not the actor's, still running, not the
-    latest turn of the chat. ``latest`` must be the chat's latest turn read under the
-    chat's lock *whatever the caller's scope*: a narrow scope (one turn) must not make an
-    older turn look like the last one. A deleted target exists (the idempotency key still
-    holds it) but is never the latest, so a mutation aimed at it, typically the loser of
-    two concurrent mutations, is the conflict ``not_latest_turn``.
+    Checks in the order of docs/design.md, *Retry, edit and delete*: missing, not the actor's, still
+    running, not the latest turn of the chat. ``latest`` must be the chat's latest turn read under
+    the chat's lock *whatever the caller's scope*: a narrow scope (one turn) must not make an older
+    turn look like the last one. A deleted target exists (the idempotency key still holds it) but is
+    never the latest, so a mutation aimed at it, typically the loser of two concurrent mutations, is
+    the conflict ``not_latest_turn``.
     """
     if target is None:
         return TurnNotFoundError(chat_id=chat_id, request_id=request_id)

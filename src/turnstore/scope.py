@@ -1,4 +1,4 @@
-"""Access scopes: which turns a caller may read or change (spec section 4).
+"""Access scopes: which turns a caller may read or change (docs/design.md, *Access scopes*).
 
 An ``AccessScope`` is an OR of ``ScopeConstraint``; a constraint is an AND of
 ``ScopeFilter``; a filter is ``property = value`` or ``property IN (values)``. The known

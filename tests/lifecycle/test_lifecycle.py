@@ -1,6 +1,6 @@
-"""The lifecycle rules (spec sections 6 to 8) on both backends: start, replay and rejection,
-keep-alive coalescing, finalization with hooks, and retry/edit/delete of the last turn,
-including the races each rule exists for."""
+"""The lifecycle rules (docs/design.md, Starting a turn to Orphans) on both backends: start, replay
+and rejection, keep-alive coalescing, finalization with hooks, and retry/edit/delete of the last
+turn, including the races each rule exists for."""
 
 from __future__ import annotations
 
@@ -681,8 +681,8 @@ async def test_mutation_outside_scope_is_not_found(
 async def test_deleted_turn_is_a_conflict_not_a_missing_turn(
     turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
 ) -> None:
-    """Spec section 7: a deleted target is found (its key still holds it) but is never
-    the latest turn, so mutating it again is ``not_latest_turn``."""
+    """docs/design.md, *Retry, edit and delete*: a deleted target is found (its key still holds it)
+    but is never the latest turn, so mutating it again is ``not_latest_turn``."""
     first = await completed(lc, chat)
     turn = await completed(lc, chat)
     await lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
@@ -871,8 +871,8 @@ async def test_retry_racing_a_delete_of_the_turn_before_never_deletes_a_non_last
     lc: TurnLifecycle[Any],
     chat: Chat,
 ) -> None:
-    """Spec section 7's trap: the delete waits on the retry's lock, then must see the new
-    latest turn, not the older turn its first snapshot would offer."""
+    """The trap of docs/design.md, *The latest-turn lock*: the delete waits on the retry's lock,
+    then must see the new latest turn, not the older turn its first snapshot would offer."""
     before = await completed(lc, chat)
     last = await completed(lc, chat)
     async with turnstore_backend.store.transaction() as runner:

@@ -1,9 +1,9 @@
 """PostgreSQL-specific tests of ``turnstore.postgres``: what only this backend has.
 
-The backend-neutral behaviour of the 14 repository methods is the conformance suite's job;
-this module covers the compiled scope, the chat lock of ``find_latest_for_update`` (spec
-section 7's trap), the transaction staying usable after typed errors, the single clock
-reading per statement, driver-error mapping, and the store's pool handling.
+The backend-neutral behaviour of the 14 repository methods is the conformance suite's job; this
+module covers the compiled scope, the chat lock of ``find_latest_for_update`` (the trap of
+docs/design.md, *The latest-turn lock*), the transaction staying usable after typed errors, the
+single clock reading per statement, driver-error mapping, and the store's pool handling.
 """
 
 from __future__ import annotations
@@ -401,7 +401,7 @@ async def test_wrapping_a_host_pool(turnstore_pg_dsn: str, other: Conn) -> None:
         await pool.close()
 
 
-# --- find_latest_for_update: spec section 7 ----------------------------------------------
+# --- find_latest_for_update: docs/design.md, The latest-turn lock ------------------------
 
 NAIVE_LATEST_FOR_UPDATE = (
     "SELECT id FROM turnstore.chat_turns WHERE chat_id = %s AND deleted_at IS NULL"

@@ -1,4 +1,5 @@
-"""The differential property test: the in-memory fake against PostgreSQL (spec section 9).
+"""The differential property test: the in-memory fake against PostgreSQL (docs/design.md, *The
+in-memory backend*).
 
 A hypothesis state machine sends the same random calls, in the same order, to an
 ``InMemoryStore`` and to a ``PostgresStore`` and asserts that every result is the same on

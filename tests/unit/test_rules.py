@@ -1,8 +1,8 @@
-"""The pure rules of a turn (spec sections 2, 6 and 7), checked against the spec's words.
+"""The pure rules of a turn (docs/design.md), checked against its words.
 
-Each rule gets a property test against an oracle written from the spec, plus examples at
-the edges (the orphan boundary, ties in ordering, the precedence of the mutation checks),
-so that removing or reordering any condition fails a test.
+Each rule gets a property test against an oracle written from docs/design.md, plus examples at the
+edges (the orphan boundary, ties in ordering, the precedence of the mutation checks), so that
+removing or reordering any condition fails a test.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def _example_turn(
     )
 
 
-# --- starting a turn (spec section 6) ------------------------------------------------------------
+# --- starting a turn (docs/design.md) ------------------------------------------------------------
 
 
 def _expected_start(existing: Turn | None, running: Turn | None) -> StartDecision:
@@ -350,7 +350,7 @@ def test_a_running_turn_blocks_a_new_request() -> None:
     assert decide_start(None, None) is StartDecision.START
 
 
-# --- retry, edit, delete (spec section 7) --------------------------------------------------------
+# --- retry, edit, delete (docs/design.md) --------------------------------------------------------
 
 USERS = [UUID(int=1000), UUID(int=1001)]
 OWNER, STRANGER = USERS

@@ -1,10 +1,10 @@
 """``AccessScope.permits``: an OR of ANDs of ``eq`` / ``in`` filters that fails closed.
 
-Ids come from pools of three tenants and three turn ids, so ``UNIVERSE`` (every pairing)
-is small enough to check every row. The property tests compare ``permits`` on random
-scopes with a set-algebra model of the spec (section 4): each filter selects a set of rows,
-a constraint intersects its filters' sets, a scope unites its constraints' sets. The named
-shapes are checked on every row of the universe.
+Ids come from pools of three tenants and three turn ids, so ``UNIVERSE`` (every pairing) is small
+enough to check every row. The property tests compare ``permits`` on random scopes with a
+set-algebra model of docs/design.md, *Access scopes*: each filter selects a set of rows, a
+constraint intersects its filters' sets, a scope unites its constraints' sets. The named shapes are
+checked on every row of the universe.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ class TestFindLatestForUpdate:
     async def test_second_locker_waits_and_then_sees_the_true_latest(
         self, turnstore_backend: BackendHarness
     ) -> None:
-        """Spec section 7: the first transaction replaces the latest turn X by Y; a locker
-        that waited on it must get Y, not X and not the older W."""
+        """docs/design.md, *The latest-turn lock*: the first transaction replaces the latest turn X
+        by Y; a locker that waited on it must get Y, not X and not the older W."""
         db = Backend(turnstore_backend)
         older, latest = await db.chat_of(2)
         replacement = make_params(chat_id=latest.chat_id, tenant_id=latest.tenant_id)
