@@ -1,4 +1,4 @@
--- turnstore 0001: the chat_turns table (spec section 3).
+-- turnstore 0001: the chat_turns table (docs/design.md, The table and its constraints).
 -- Runs with search_path set to the target schema; names below are unqualified on purpose.
 
 CREATE TABLE chat_turns (
