@@ -1,10 +1,13 @@
 """turnstore: durable, exactly-once chat turns on PostgreSQL.
 
-The public names are listed in ``__all__``. Backends live in ``turnstore.postgres`` and
-``turnstore.memory``; the lifecycle rules in ``turnstore.lifecycle``; the orphan watchdog in
-``turnstore.watchdog``; test helpers in ``turnstore.testing``.
+This module is the front door: every name a host needs is importable from ``turnstore``
+(listed in ``__all__``). The modules behind it are mapped in docs/index.md, *Architecture*:
+backends in ``turnstore.postgres`` and ``turnstore.memory``, the lifecycle rules in
+``turnstore.lifecycle``, the orphan watchdog in ``turnstore.watchdog``, test helpers in
+``turnstore.testing`` (not imported here: it needs pytest).
 """
 
+from turnstore.election import InProcessElection, LeaderElection
 from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
@@ -20,6 +23,18 @@ from turnstore.errors import (
     TurnNotFoundError,
     TurnStoreError,
 )
+from turnstore.ids import new_uuid7
+from turnstore.lifecycle import (
+    FinalizeOutcome,
+    KeepAlive,
+    MutationKind,
+    MutationResult,
+    RejectReason,
+    StartKind,
+    StartOutcome,
+    TurnLifecycle,
+)
+from turnstore.memory import InMemoryStore, InMemoryTurnRepository
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -30,37 +45,73 @@ from turnstore.model import (
     TurnState,
     UpdatePreflightParams,
 )
+from turnstore.postgres import (
+    AdvisoryLockElection,
+    PostgresStore,
+    PostgresTurnRepository,
+    SchemaStatus,
+    check_schema,
+    migrate,
+    schema_sql,
+)
 from turnstore.repository import TurnRepository, TurnStore
 from turnstore.scope import AccessScope, ScopeConstraint, ScopeFilter
+from turnstore.settings import KeepAliveSettings, WatchdogSettings
+from turnstore.watchdog import OrphanWatchdog, SweepReport, WatchdogMetrics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AccessScope",
+    "AdvisoryLockElection",
     "CasCompleteParams",
     "CasTerminalParams",
     "CreateTurnParams",
     "DuplicateRequestError",
     "DuplicateTurnIdError",
+    "FinalizeOutcome",
     "ForbiddenError",
     "GenerationInProgressError",
+    "InMemoryStore",
+    "InMemoryTurnRepository",
+    "InProcessElection",
     "InvalidParameterError",
     "InvalidTurnStateError",
+    "KeepAlive",
+    "KeepAliveSettings",
+    "LeaderElection",
     "MigrationError",
+    "MutationKind",
+    "MutationResult",
     "NotLatestTurnError",
+    "OrphanWatchdog",
+    "PostgresStore",
+    "PostgresTurnRepository",
+    "RejectReason",
     "RequesterType",
     "SchemaMismatchError",
+    "SchemaStatus",
     "ScopeConstraint",
     "ScopeDeniedError",
     "ScopeFilter",
+    "StartKind",
+    "StartOutcome",
     "StoreUnavailableError",
+    "SweepReport",
     "ToolCallType",
     "Turn",
+    "TurnLifecycle",
     "TurnNotFoundError",
     "TurnRepository",
     "TurnState",
     "TurnStore",
     "TurnStoreError",
     "UpdatePreflightParams",
+    "WatchdogMetrics",
+    "WatchdogSettings",
+    "check_schema",
+    "migrate",
+    "new_uuid7",
+    "schema_sql",
     "__version__",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO, TypeAlias
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from turnstore._console import CONNECT_TIMEOUT_SECS, connect, format_table, one_line, open_store
 
 __all__ = [
+    "Commands",
     "CONNECT_TIMEOUT_SECS",
     "ENV_DSN",
     "EXIT_INTERRUPTED",
@@ -34,6 +35,10 @@ __all__ = [
     "open_store",
     "required_dsn",
 ]
+
+#: The sub-command registry that ``ArgumentParser.add_subparsers`` returns (its class is
+#: private to argparse, hence the alias).
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: The environment variable ``migrate`` and ``sweep`` read when ``--dsn`` is not given.
 ENV_DSN = "TURNSTORE_DSN"
@@ -62,7 +67,7 @@ class UsageError(CommandError):
     exit_code = EXIT_USAGE
 
 
-def add_command(commands: Any, name: str, help: str, run: Run) -> argparse.ArgumentParser:
+def add_command(commands: Commands, name: str, help: str, run: Run) -> argparse.ArgumentParser:
     """A subcommand whose parsed arguments carry its parser (for usage lines) and ``run``."""
     parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
     parser.set_defaults(command_parser=parser, run=run)

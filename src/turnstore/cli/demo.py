@@ -4,14 +4,22 @@ database and print the rows it leaves."""
 from __future__ import annotations
 
 import argparse
-from typing import Any, TextIO
+from typing import TextIO
 
-from turnstore.cli._common import ENV_DSN, EXIT_OK, add_command, add_dsn, add_schema, dsn_argument
+from turnstore.cli._common import (
+    ENV_DSN,
+    EXIT_OK,
+    Commands,
+    add_command,
+    add_dsn,
+    add_schema,
+    dsn_argument,
+)
 
 __all__ = ["add_parser"]
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Commands) -> None:
     p = add_command(commands, "demo", "play a scripted scenario on a throwaway database", _run)
     add_dsn(
         p,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 from turnstore.cli._common import (
     ENV_DSN,
     EXIT_OK,
     EXIT_STORE_ERROR,
+    Commands,
     add_command,
     add_dsn,
     add_schema,
@@ -29,7 +30,7 @@ from turnstore.postgres import (
 __all__ = ["add_parser"]
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Commands) -> None:
     p = add_command(commands, "migrate", "apply pending migrations", _run)
     add_dsn(p, f"PostgreSQL connection string (default: ${ENV_DSN})")
     add_schema(p, DEFAULT_SCHEMA, f"schema holding turnstore's tables (default: {DEFAULT_SCHEMA})")

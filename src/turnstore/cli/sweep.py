@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TextIO
 
 import pydantic
 
@@ -14,6 +14,7 @@ from turnstore.cli._common import (
     ENV_DSN,
     EXIT_OK,
     EXIT_STORE_ERROR,
+    Commands,
     UsageError,
     add_command,
     add_dsn,
@@ -35,7 +36,7 @@ from turnstore.watchdog import (
 __all__ = ["add_parser"]
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Commands) -> None:
     p = add_command(commands, "sweep", "fail orphaned turns (one watchdog scan)", _run)
     add_dsn(p, f"PostgreSQL connection string (default: ${ENV_DSN})")
     add_schema(p, DEFAULT_SCHEMA, f"schema holding turnstore's tables (default: {DEFAULT_SCHEMA})")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
@@ -31,6 +31,28 @@ from turnstore.embedded import (
     with_dbname,
 )
 from turnstore.testing.backends import BackendHarness, MemoryHarness, PostgresHarness
+
+if TYPE_CHECKING:
+    from turnstore.memory import InMemoryStore
+    from turnstore.postgres import PostgresStore
+
+__all__ = [
+    "BACKENDS",
+    "INI_KEY",
+    "OPTION",
+    "pytest_addoption",
+    "pytest_collection_modifyitems",
+    "selected_backends",
+    "turnstore_admin_dsn",
+    "turnstore_backend",
+    "turnstore_backend_name",
+    "turnstore_memory_store",
+    "turnstore_pg_dsn",
+    "turnstore_postgres_store",
+    "turnstore_schema",
+    "turnstore_template_db",
+    "turnstore_template_dbs",
+]
 
 BACKENDS = ("memory", "postgres")
 OPTION = "--turnstore-backend"
@@ -138,7 +160,7 @@ def turnstore_pg_dsn(turnstore_admin_dsn: str, turnstore_template_db: str) -> It
 @pytest_asyncio.fixture
 async def turnstore_postgres_store(
     turnstore_pg_dsn: str, turnstore_schema: str
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[PostgresStore]:
     from turnstore.postgres import PostgresStore
 
     store = await PostgresStore.open(
@@ -151,7 +173,7 @@ async def turnstore_postgres_store(
 
 
 @pytest_asyncio.fixture
-async def turnstore_memory_store() -> AsyncIterator[Any]:
+async def turnstore_memory_store() -> AsyncIterator[InMemoryStore]:
     from turnstore.memory import InMemoryStore
     from turnstore.testing.clock import ManualClock
 
