@@ -7,6 +7,8 @@ backends in ``turnstore.postgres`` and ``turnstore.memory``, the lifecycle rules
 ``turnstore.testing`` (not imported here: it needs pytest).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from turnstore.election import InProcessElection, LeaderElection
 from turnstore.errors import (
     DuplicateRequestError,
@@ -34,7 +36,6 @@ from turnstore.lifecycle import (
     StartOutcome,
     TurnLifecycle,
 )
-from turnstore.memory import InMemoryStore, InMemoryTurnRepository
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -45,19 +46,48 @@ from turnstore.model import (
     TurnState,
     UpdatePreflightParams,
 )
-from turnstore.postgres import (
-    AdvisoryLockElection,
-    PostgresStore,
-    PostgresTurnRepository,
-    SchemaStatus,
-    check_schema,
-    migrate,
-    schema_sql,
-)
 from turnstore.repository import TurnRepository, TurnStore
 from turnstore.scope import AccessScope, ScopeConstraint, ScopeFilter
 from turnstore.settings import KeepAliveSettings, WatchdogSettings
 from turnstore.watchdog import OrphanWatchdog, SweepReport, WatchdogMetrics
+
+if TYPE_CHECKING:
+    from turnstore.memory import InMemoryStore, InMemoryTurnRepository
+    from turnstore.postgres import (
+        AdvisoryLockElection,
+        PostgresStore,
+        PostgresTurnRepository,
+        SchemaStatus,
+        check_schema,
+        migrate,
+        schema_sql,
+    )
+
+#: The backends' names load on first use, so ``import turnstore`` (or the watchdog, or the
+#: fake) does not import the PostgreSQL driver until a host asks for the PostgreSQL backend.
+_LAZY = {
+    "InMemoryStore": "turnstore.memory",
+    "InMemoryTurnRepository": "turnstore.memory",
+    "AdvisoryLockElection": "turnstore.postgres",
+    "PostgresStore": "turnstore.postgres",
+    "PostgresTurnRepository": "turnstore.postgres",
+    "SchemaStatus": "turnstore.postgres",
+    "check_schema": "turnstore.postgres",
+    "migrate": "turnstore.postgres",
+    "schema_sql": "turnstore.postgres",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'turnstore' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
