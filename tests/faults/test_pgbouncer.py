@@ -78,7 +78,7 @@ async def test_store_without_prepared_statements_runs_300_turns_through_pgbounce
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # which server session each client gets is a race: it sometimes passes
     reason="migrate() serializes with a session-level advisory lock: behind transaction "
     "pooling other clients share the session holding it (two migrations run at once and "
     "fail) and the unlock runs on another session (the rest wait forever)",
