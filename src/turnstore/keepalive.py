@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Generic
 from uuid import UUID
 
+from turnstore._compat_async import Task, sleep, spawn, wait_tasks
 from turnstore.repository import RunnerT, TurnStore
 from turnstore.scope import AccessScope
 from turnstore.settings import KeepAliveSettings
@@ -56,7 +57,7 @@ class KeepAlive(Generic[RunnerT]):
         self._last_write: float | None = None
         self._running = True
         self._writes = 0
-        self._task: asyncio.Task[None] | None = None
+        self._task: Task[None] | None = None
 
     @property
     def turn_id(self) -> UUID:
@@ -74,9 +75,7 @@ class KeepAlive(Generic[RunnerT]):
 
     async def __aenter__(self) -> KeepAlive[RunnerT]:
         if self._settings.heartbeat:
-            self._task = asyncio.create_task(
-                self._heartbeat(), name=f"turnstore-keep-alive-{self._turn_id}"
-            )
+            self._task = spawn(self._heartbeat, name=f"turnstore-keep-alive-{self._turn_id}")
         return self
 
     async def __aexit__(
@@ -94,7 +93,7 @@ class KeepAlive(Generic[RunnerT]):
             return
         task.cancel()
         # ``wait`` rather than ``await task``: a cancellation of the caller still propagates.
-        await asyncio.wait([task])
+        await wait_tasks([task])
         if not task.cancelled() and (error := task.exception()) is not None:
             raise error
 
@@ -137,7 +136,7 @@ class KeepAlive(Generic[RunnerT]):
             last = self._last_write
             delay = interval if last is None else last + interval - self._clock()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await sleep(delay)
             try:
                 await self._write()
             except Exception:
@@ -147,4 +146,4 @@ class KeepAlive(Generic[RunnerT]):
                     interval,
                     exc_info=True,
                 )
-                await asyncio.sleep(interval)
+                await sleep(interval)

@@ -16,7 +16,6 @@ the part. This module imports no database driver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import Any, Generic
 from uuid import UUID
 
+from turnstore._compat_async import Task, spawn, wait_event, wait_tasks
 from turnstore.election import LeaderElection
 from turnstore.model import Turn
 from turnstore.repository import RunnerT, TurnStore
@@ -115,7 +115,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         self._metrics = metrics if metrics is not None else WatchdogMetrics()
         self._election = election if election is not None else store.leader_election()
         self._sweep_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._task: Task[None] | None = None
         self._stopping = asyncio.Event()
 
     @property
@@ -217,7 +217,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         if self.running:
             return
         self._stopping = asyncio.Event()
-        self._task = asyncio.create_task(self._loop(), name="turnstore-orphan-watchdog")
+        self._task = spawn(self._loop, name="turnstore-orphan-watchdog")
 
     async def stop(self) -> None:
         """Stop the loop after the current scan and give leadership up.
@@ -229,12 +229,12 @@ class OrphanWatchdog(Generic[RunnerT]):
         self._stopping.set()
         try:
             if task is not None:
-                await asyncio.wait({task})
+                await wait_tasks([task])
         finally:
             if task is not None:
                 if not task.done():
                     task.cancel()
-                    await asyncio.wait({task})
+                    await wait_tasks([task])
                 if not task.cancelled() and task.exception() is not None:
                     logger.error("orphan watchdog loop failed", exc_info=task.exception())
             await self._election.release()
@@ -259,7 +259,4 @@ class OrphanWatchdog(Generic[RunnerT]):
                         await self._sweep()
             except Exception:
                 logger.exception("orphan scan failed; retrying at the next interval")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self._stopping.wait(), timeout=self._settings.scan_interval_secs
-                )
+            await wait_event(self._stopping, self._settings.scan_interval_secs)

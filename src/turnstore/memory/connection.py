@@ -7,12 +7,12 @@ Calls on one runner are serialized, as on a database connection.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from psycopg.errors import InFailedSqlTransaction
 
+from turnstore._compat_async import LOOP_IS_MONITOR, Lock
 from turnstore.errors import StoreUnavailableError
 from turnstore.memory.database import Database, Transaction
 
@@ -31,7 +31,7 @@ class InMemoryConnection:
     def __init__(self, database: Database, txn: Transaction | None) -> None:
         self._database = database
         self._txn = txn
-        self._lock = asyncio.Lock()
+        self._lock = Lock()
         # Calls inside ``_statement``, waiting for the lock or holding it.
         self._calls = 0
         self._open = True
@@ -58,10 +58,12 @@ class InMemoryConnection:
 
         A call that finds its rows free there can run as a statement of its own without
         the transaction bookkeeping of ``_statement``: it never waits, so nothing else
-        runs before it ends, exactly as if it had taken the runner and committed.
+        runs before it ends, exactly as if it had taken the runner and committed. On
+        threads (``LOOP_IS_MONITOR`` false) there is no such path: every call takes the
+        store's monitor in ``_statement``.
         """
         self._check_open()
-        if self._txn is None and not self._calls:
+        if LOOP_IS_MONITOR and self._txn is None and not self._calls:
             return self._database
         return None
 
@@ -73,21 +75,22 @@ class InMemoryConnection:
         try:
             async with self._lock:
                 self._check_open()
-                if self._txn is not None:
-                    if self._txn.aborted:
-                        raise InFailedSqlTransaction(
-                            "current transaction is aborted, commands ignored until end of "
-                            "transaction block"
-                        )
-                    yield self._database, self._txn
-                    return
-                txn = Transaction()
-                try:
-                    yield self._database, txn
-                except BaseException:
-                    self._database.rollback(txn)
-                    raise
-                self._database.commit(txn)
+                with self._database.monitor:
+                    if self._txn is not None:
+                        if self._txn.aborted:
+                            raise InFailedSqlTransaction(
+                                "current transaction is aborted, commands ignored until end of "
+                                "transaction block"
+                            )
+                        yield self._database, self._txn
+                        return
+                    txn = Transaction()
+                    try:
+                        yield self._database, txn
+                    except BaseException:
+                        self._database.rollback(txn)
+                        raise
+                    self._database.commit(txn)
         finally:
             self._calls -= 1
 

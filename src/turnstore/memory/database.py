@@ -12,7 +12,6 @@ closes a cycle fails with ``DeadlockDetected``.
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left, insort
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from uuid import UUID
 from psycopg.errors import DeadlockDetected
 
 from turnstore import rules
+from turnstore._compat_async import Monitor, Waiter, wait_waiter
 from turnstore.clock import Clock
 from turnstore.model import CreateTurnParams, Turn
 from turnstore.scope import AccessScope
@@ -52,9 +52,9 @@ class Transaction:
         self.locked: set[UUID] = set()
         self.chat_locks: set[UUID] = set()
         # Futures of the transactions waiting for this one to end.
-        self.waiters: list[asyncio.Future[None]] = []
+        self.waiters: list[Waiter] = []
         self.waiting_on: Transaction | None = None
-        self.wait_future: asyncio.Future[None] | None = None
+        self.wait_future: Waiter | None = None
         self.wait_seq = 0
         # Failed like a PostgreSQL transaction after an error: only a rollback is left.
         self.aborted = False
@@ -116,6 +116,8 @@ class Database:
         self.orphan_order: list[_Key] = []
         self.chat_locks: dict[UUID, Transaction] = {}
         self.wait_seq = 0
+        # Held by every statement; released only while a statement waits (``wait_for``).
+        self.monitor = Monitor()
 
     # -- visibility ---------------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class Database:
         longest when the cycle closes within that timeout; so does this, at once, with
         the same ``DeadlockDetected`` error, leaving that transaction aborted.
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future = self.monitor.waiter()
         self.wait_seq += 1
         txn.waiting_on, txn.wait_future, txn.wait_seq = holder, future, self.wait_seq
         holder.waiters.append(future)
@@ -221,7 +223,7 @@ class Database:
                 DeadlockDetected("deadlock detected (turnstore in-memory store)")
             )
         try:
-            await future
+            await wait_waiter(future)
         finally:
             txn.waiting_on, txn.wait_future = None, None
 

@@ -84,14 +84,16 @@ class InMemoryStore:
         except BaseException:
             runner._close()
             async with runner._lock:  # a call still in flight finishes first
-                self._database.rollback(txn)
+                with self._database.monitor:
+                    self._database.rollback(txn)
             raise
         runner._close()
         async with runner._lock:
-            if txn.aborted:
-                self._database.rollback(txn)
-            else:
-                self._database.commit(txn)
+            with self._database.monitor:
+                if txn.aborted:
+                    self._database.rollback(txn)
+                else:
+                    self._database.commit(txn)
 
     def connection(self) -> AbstractAsyncContextManager[InMemoryConnection]:
         """A runner in autocommit: each call is atomic on its own."""

@@ -9,7 +9,6 @@ vanishes silently is noticed, and every query on it bounded by ``check_timeout_s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from turnstore._compat_async import spawn, wait_tasks
 from turnstore.errors import InvalidParameterError
 
 __all__ = [
@@ -195,16 +195,15 @@ class AdvisoryLockElection:
             row = await cur.fetchone()
             return None if row is None else row[0]
 
-        task = asyncio.ensure_future(run())
+        task = spawn(run)
         timed_out = False
         try:
-            done, _ = await asyncio.wait({task}, timeout=self._check_timeout_secs)
-            timed_out = not done
+            timed_out = not await wait_tasks([task], self._check_timeout_secs)
         finally:
             if not task.done():  # timed out, or this task was cancelled while waiting
                 await conn.close()
                 task.cancel()
-                await asyncio.wait({task})
+                await wait_tasks([task])
                 if not task.cancelled():
                     task.exception()  # the closed connection is all it can report
         if timed_out:

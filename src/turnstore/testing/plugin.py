@@ -32,6 +32,14 @@ from turnstore.embedded import (
 )
 from turnstore.testing.backends import BackendHarness, MemoryHarness, PostgresHarness
 
+# The sync API's fixtures (``turnstore_sync_*``): pytest finds them as this module's names.
+from turnstore.testing.sync_fixtures import (
+    turnstore_sync_backend,
+    turnstore_sync_backend_name,
+    turnstore_sync_memory_store,
+    turnstore_sync_postgres_store,
+)
+
 if TYPE_CHECKING:
     from turnstore.memory import InMemoryStore
     from turnstore.postgres import PostgresStore
@@ -50,6 +58,10 @@ __all__ = [
     "turnstore_pg_dsn",
     "turnstore_postgres_store",
     "turnstore_schema",
+    "turnstore_sync_backend",
+    "turnstore_sync_backend_name",
+    "turnstore_sync_memory_store",
+    "turnstore_sync_postgres_store",
     "turnstore_template_db",
     "turnstore_template_dbs",
 ]
@@ -90,7 +102,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     drop: list[pytest.Item] = []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        name = callspec.params.get("turnstore_backend_name") if callspec is not None else None
+        params = callspec.params if callspec is not None else {}
+        name = params.get("turnstore_backend_name", params.get("turnstore_sync_backend_name"))
         (drop if name is not None and name not in chosen else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+from turnstore._compat_async import Event, Task, join, wait_event
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -37,6 +38,8 @@ __all__ = [
     "Gate",
     "Planted",
     "bounded",
+    "bounded_join",
+    "bounded_wait",
     "complete_params",
     "make_params",
     "ordered_ids",
@@ -124,8 +127,22 @@ def preflight_params(turn: Turn) -> UpdatePreflightParams:
 
 
 async def bounded(awaitable: Awaitable[_T]) -> _T:
-    """Await with a generous timeout, so a broken backend fails instead of hanging."""
-    return await asyncio.wait_for(awaitable, HANG_TIMEOUT_SECS)
+    """Await with a generous timeout, so a broken backend fails instead of hanging.
+
+    (In the sync suite the call has run by the time this gets its value: there it is the
+    identity, and ``bounded_wait`` / ``bounded_join`` bound what can hang.)"""
+    return await asyncio.wait_for(awaitable, HANG_TIMEOUT_SECS)  # sync: return awaitable
+
+
+async def bounded_wait(event: Event) -> None:
+    """Wait for ``event`` with a generous timeout (``TimeoutError`` then)."""
+    if not await wait_event(event, HANG_TIMEOUT_SECS):
+        raise TimeoutError(f"event not set within {HANG_TIMEOUT_SECS} s")
+
+
+async def bounded_join(task: Task[_T]) -> _T:
+    """The result of a task started with ``spawn``, waiting with a generous timeout."""
+    return await join(task, HANG_TIMEOUT_SECS)
 
 
 class Gate:
@@ -135,12 +152,14 @@ class Gate:
         self._parties = parties
         self._arrived = 0
         self._open = asyncio.Event()
+        self._lock = asyncio.Lock()
 
     async def arrive(self) -> None:
-        self._arrived += 1
-        if self._arrived == self._parties:
-            self._open.set()
-        await bounded(self._open.wait())
+        async with self._lock:
+            self._arrived += 1
+            if self._arrived == self._parties:
+                self._open.set()
+        await bounded_wait(self._open)
 
 
 @dataclass

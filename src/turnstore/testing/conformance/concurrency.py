@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 from uuid import uuid4
 
 import pytest
 
+from turnstore._compat_async import gather, spawn
 from turnstore.errors import DuplicateRequestError, GenerationInProgressError, TurnStoreError
 from turnstore.model import CreateTurnParams, Turn, TurnState
 from turnstore.rules import ORPHAN_ERROR_CODE
@@ -16,11 +16,11 @@ from turnstore.testing.backends import BackendHarness
 from turnstore.testing.conformance._support import (
     ALLOW,
     CONCURRENCY,
+    HANG_TIMEOUT_SECS,
     STALE_SECS,
     TIMEOUT_SECS,
     Backend,
     Gate,
-    bounded,
     complete_params,
     make_params,
     terminal_params,
@@ -36,7 +36,7 @@ T = TypeVar("T")
 async def _outcomes(
     calls: Iterable[Callable[[], Awaitable[T]]],
 ) -> list[T | BaseException]:
-    results = await bounded(asyncio.gather(*(call() for call in calls), return_exceptions=True))
+    results = await gather([spawn(call) for call in calls], HANG_TIMEOUT_SECS)
     unexpected = [
         r for r in results if isinstance(r, BaseException) and not isinstance(r, TurnStoreError)
     ]

@@ -7,6 +7,7 @@ from uuid import uuid4
 
 import pytest
 
+from turnstore._compat_async import spawn, wait_tasks
 from turnstore.model import Turn
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import BackendHarness
@@ -16,6 +17,8 @@ from turnstore.testing.conformance._support import (
     Backend,
     Planted,
     bounded,
+    bounded_join,
+    bounded_wait,
     make_params,
     ordered_ids,
 )
@@ -84,7 +87,7 @@ class TestFindLatestForUpdate:
                 seen = await db.repo.find_latest_for_update(runner, ALLOW, latest.chat_id)
                 assert seen == latest
                 first_locked.set()
-                await bounded(release_first.wait())
+                await bounded_wait(release_first)
                 await db.repo.soft_delete(runner, ALLOW, latest.id, replacement.request_id)
                 created = await db.repo.create_turn(runner, ALLOW, replacement)
                 events.append("first commits")
@@ -96,14 +99,14 @@ class TestFindLatestForUpdate:
                 events.append("second locked")
                 return seen
 
-        first_task = asyncio.create_task(first())
-        await bounded(first_locked.wait())
-        second_task = asyncio.create_task(second())
-        done, _ = await asyncio.wait({second_task}, timeout=BLOCK_PROBE_SECS)
+        first_task = spawn(first)
+        await bounded_wait(first_locked)
+        second_task = spawn(second)
+        done = await wait_tasks([second_task], BLOCK_PROBE_SECS)
         assert not done, "a second locker of the chat got through while the first held it"
         release_first.set()
-        created = await bounded(first_task)
-        seen = await bounded(second_task)
+        created = await bounded_join(first_task)
+        seen = await bounded_join(second_task)
         assert events == ["first commits", "second locked"]
         assert seen is not None
         assert seen.id == created.id, (
@@ -122,17 +125,17 @@ class TestFindLatestForUpdate:
             async with db.store.transaction() as runner:
                 assert await db.repo.find_latest_for_update(runner, ALLOW, params.chat_id) is None
                 first_locked.set()
-                await bounded(release_first.wait())
+                await bounded_wait(release_first)
                 return await db.repo.create_turn(runner, ALLOW, params)
 
-        first_task = asyncio.create_task(first())
-        await bounded(first_locked.wait())
-        second_task = asyncio.create_task(db.latest_for_update(params.chat_id))
-        done, _ = await asyncio.wait({second_task}, timeout=BLOCK_PROBE_SECS)
+        first_task = spawn(first)
+        await bounded_wait(first_locked)
+        second_task = spawn(db.latest_for_update, params.chat_id)
+        done = await wait_tasks([second_task], BLOCK_PROBE_SECS)
         assert not done, "a second locker of an empty chat got through while the first held it"
         release_first.set()
-        created = await bounded(first_task)
-        assert await bounded(second_task) == created
+        created = await bounded_join(first_task)
+        assert await bounded_join(second_task) == created
 
     async def test_rollback_releases_the_lock(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)
@@ -144,18 +147,18 @@ class TestFindLatestForUpdate:
                 await db.repo.find_latest_for_update(runner, ALLOW, turn.chat_id)
                 await db.repo.soft_delete(runner, ALLOW, turn.id, None)
                 first_locked.set()
-                await bounded(release_first.wait())
+                await bounded_wait(release_first)
                 raise Planted
 
-        first_task = asyncio.create_task(first())
-        await bounded(first_locked.wait())
-        second_task = asyncio.create_task(db.latest_for_update(turn.chat_id))
-        done, _ = await asyncio.wait({second_task}, timeout=BLOCK_PROBE_SECS)
+        first_task = spawn(first)
+        await bounded_wait(first_locked)
+        second_task = spawn(db.latest_for_update, turn.chat_id)
+        done = await wait_tasks([second_task], BLOCK_PROBE_SECS)
         assert not done, "a second locker of the chat got through while the first held it"
         release_first.set()
         with pytest.raises(Planted):
-            await bounded(first_task)
-        assert await bounded(second_task) == turn
+            await bounded_join(first_task)
+        assert await bounded_join(second_task) == turn
 
     async def test_other_chats_and_plain_readers_are_not_blocked(
         self, turnstore_backend: BackendHarness
@@ -169,14 +172,14 @@ class TestFindLatestForUpdate:
             async with db.store.transaction() as runner:
                 await db.repo.find_latest_for_update(runner, ALLOW, locked.chat_id)
                 first_locked.set()
-                await bounded(release_first.wait())
+                await bounded_wait(release_first)
 
-        first_task = asyncio.create_task(first())
+        first_task = spawn(first)
         try:
-            await bounded(first_locked.wait())
+            await bounded_wait(first_locked)
             assert await bounded(db.latest_for_update(other.chat_id)) == other
             assert await bounded(db.latest(locked.chat_id)) == locked
             assert not first_task.done()
         finally:
             release_first.set()
-            await bounded(first_task)
+            await bounded_join(first_task)

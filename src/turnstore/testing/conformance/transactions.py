@@ -11,6 +11,7 @@ from uuid import uuid4
 
 import pytest
 
+from turnstore._compat_async import spawn
 from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
@@ -26,6 +27,8 @@ from turnstore.testing.conformance._support import (
     Backend,
     Planted,
     bounded,
+    bounded_join,
+    bounded_wait,
     complete_params,
     make_params,
     terminal_params,
@@ -136,11 +139,11 @@ class TestTransactions:
                 await db.repo.create_turn(runner, ALLOW, params)
                 await db.repo.cas_update_completed(runner, ALLOW, complete_params(existing))
                 written.set()
-                await bounded(release.wait())
+                await bounded_wait(release)
 
-        task = asyncio.create_task(writer())
+        task = spawn(writer)
         try:
-            await bounded(written.wait())
+            await bounded_wait(written)
             async with db.store.connection() as runner:
                 find = db.repo.find_by_chat_and_request_id
                 assert await bounded(find(runner, ALLOW, params.chat_id, params.request_id)) is None
@@ -148,7 +151,7 @@ class TestTransactions:
                 assert await bounded(running) == existing
         finally:
             release.set()
-            await bounded(task)
+            await bounded_join(task)
         assert (await db.reload(existing)).state is TurnState.COMPLETED
         async with db.store.connection() as runner:
             found = await db.repo.find_by_chat_and_request_id(

@@ -1,0 +1,421 @@
+# WARNING: this file is generated from src/turnstore/memory/database.py by tools/async_to_sync.py; do not edit.
+"""The fake's storage engine: rows, their indexes, row and chat locks, waits and
+transactions, as PostgreSQL's READ COMMITTED has them.
+
+Each row keeps its committed version and at most one open transaction's pending version;
+a transaction sees the committed rows plus its own writes. Rows are indexed by id, by
+``(chat_id, request_id)``, by the running turn of each chat, by ``(started_at, id)`` per
+chat and by ``(last_progress_at, id)`` over running turns, so no lookup walks all rows.
+A write to a row another open transaction holds waits for it to end, then re-checks its
+predicate on the newly committed version, as PostgreSQL's EvalPlanQual does; a wait that
+closes a cycle fails with ``DeadlockDetected``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from psycopg.errors import DeadlockDetected
+
+from turnstore import rules
+from turnstore._compat_sync import Monitor, Waiter, wait_waiter
+from turnstore.clock import Clock
+from turnstore.memory.database import _Key, _latest_key, _orphan_key
+from turnstore.model import CreateTurnParams, Turn
+from turnstore.scope import AccessScope
+
+__all__ = ["Database", "Row", "Transaction"]
+
+
+class Transaction:
+    """One transaction's bookkeeping: what it wrote, what it locked, whom it waits for."""
+
+    __slots__ = (
+        "aborted",
+        "chat_locks",
+        "chat_writes",
+        "locked",
+        "wait_future",
+        "wait_seq",
+        "waiters",
+        "waiting_on",
+        "written",
+    )
+
+    def __init__(self) -> None:
+        self.written: set[UUID] = set()
+        self.chat_writes: dict[UUID, set[UUID]] = {}
+        self.locked: set[UUID] = set()
+        self.chat_locks: set[UUID] = set()
+        self.waiters: list[Waiter] = []
+        self.waiting_on: Transaction | None = None
+        self.wait_future: Waiter | None = None
+        self.wait_seq = 0
+        self.aborted = False
+
+
+@dataclass(eq=False, slots=True)
+class Row:
+    """One row: its committed version, and at most one open transaction's pending version.
+
+    ``holder`` is the transaction holding the row lock: the writer, or a
+    ``find_latest_for_update`` locker that has not written it.
+    """
+
+    committed: Turn | None
+    writer: Transaction | None = None
+    pending: Turn | None = None
+    holder: Transaction | None = None
+
+
+def _insert_key(keys: list[_Key], key: _Key) -> None:
+    """``insort``, with the common case first: a key of a fresh clock reading sorts last."""
+    if not keys or keys[-1] < key:
+        keys.append(key)
+    else:
+        insort(keys, key)
+
+
+def _remove_key(keys: list[_Key], key: _Key) -> None:
+    index = bisect_left(keys, key)
+    if index < len(keys) and keys[index] == key:
+        del keys[index]
+
+
+class Database:
+    """The rows, their indexes, the lock tables and the clock of one ``InMemoryStore``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.rows: dict[UUID, Row] = {}
+        self.by_request: dict[tuple[UUID, UUID], UUID] = {}
+        self.running: dict[UUID, set[UUID]] = {}
+        self.latest: dict[UUID, list[_Key]] = {}
+        self.orphan_order: list[_Key] = []
+        self.chat_locks: dict[UUID, Transaction] = {}
+        self.wait_seq = 0
+        self.monitor = Monitor()
+
+    @staticmethod
+    def visible(txn: Transaction, row: Row | None) -> Turn | None:
+        """The version ``txn`` reads: its own pending write, else the committed one."""
+        if row is None:
+            return None
+        if row.writer is txn:
+            return row.pending
+        return row.committed
+
+    def get(self, txn: Transaction, turn_id: UUID) -> Turn | None:
+        return self.visible(txn, self.rows.get(turn_id))
+
+    def commit(self, txn: Transaction) -> None:
+        for turn_id in txn.written:
+            row = self.rows[turn_id]
+            new = row.pending
+            assert new is not None
+            assert row.writer is txn
+            old, row.committed, row.pending, row.writer = (row.committed, new, None, None)
+            self._reindex_committed(old, new)
+            self._refresh_running(turn_id, new, row)
+        self._release(txn)
+
+    def autocommit_insert(self, turn: Turn) -> None:
+        """Insert and commit ``turn`` at once: an INSERT in a transaction of its own that
+        ``insert_blocker`` let through without waiting."""
+        row = Row(committed=turn)
+        self.rows[turn.id] = row
+        self.by_request[turn.chat_id, turn.request_id] = turn.id
+        self._reindex_committed(None, turn)
+        self._refresh_running(turn.id, turn, row)
+
+    def autocommit_update(self, row: Row, new: Turn) -> None:
+        """Commit ``new`` over ``row``'s committed version at once: an UPDATE in a
+        transaction of its own, on a row no transaction holds (so none has a pending
+        version of it)."""
+        assert row.holder is None
+        assert row.pending is None
+        old, row.committed = (row.committed, new)
+        assert old is not None
+        self._reindex_committed(old, new)
+        if rules.holds_running_slot(old) is not rules.holds_running_slot(new):
+            self._refresh_running(new.id, new, row)
+
+    def rollback(self, txn: Transaction) -> None:
+        for turn_id in txn.written:
+            row = self.rows[turn_id]
+            assert row.pending is not None
+            assert row.writer is txn
+            pending = row.pending
+            row.pending, row.writer = (None, None)
+            self._refresh_running(turn_id, pending, row)
+            if row.committed is None:
+                del self.rows[turn_id]
+                del self.by_request[pending.chat_id, pending.request_id]
+        self._release(txn)
+
+    def _release(self, txn: Transaction) -> None:
+        for turn_id in txn.locked:
+            row = self.rows.get(turn_id)
+            if row is not None and row.holder is txn:
+                row.holder = None
+        for chat_id in txn.chat_locks:
+            if self.chat_locks.get(chat_id) is txn:
+                del self.chat_locks[chat_id]
+        txn.written.clear()
+        txn.chat_writes.clear()
+        txn.locked.clear()
+        txn.chat_locks.clear()
+        for waiter in txn.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        txn.waiters.clear()
+
+    def wait_for(self, txn: Transaction, holder: Transaction) -> None:
+        """Wait until ``holder`` ends, as PostgreSQL waits on a row or advisory lock.
+
+        A wait that closes a cycle is a deadlock. PostgreSQL breaks it by failing the
+        waiter whose ``deadlock_timeout`` fires first, which is the one that has waited
+        longest when the cycle closes within that timeout; so does this, at once, with
+        the same ``DeadlockDetected`` error, leaving that transaction aborted.
+        """
+        future = self.monitor.waiter()
+        self.wait_seq += 1
+        txn.waiting_on, txn.wait_future, txn.wait_seq = (holder, future, self.wait_seq)
+        holder.waiters.append(future)
+        cycle = [txn]
+        node = holder.waiting_on
+        while node is not None and node is not txn:
+            cycle.append(node)
+            node = node.waiting_on
+        if node is txn:
+            cycle.append(holder)
+            victim = min(cycle, key=lambda t: t.wait_seq)
+            victim.aborted = True
+            assert victim.wait_future is not None
+            victim.wait_future.set_exception(
+                DeadlockDetected("deadlock detected (turnstore in-memory store)")
+            )
+        try:
+            wait_waiter(future)
+        finally:
+            txn.waiting_on, txn.wait_future = (None, None)
+
+    def lock_chat(self, txn: Transaction, chat_id: UUID) -> None:
+        while (holder := self.chat_locks.get(chat_id)) is not None and holder is not txn:
+            self.wait_for(txn, holder)
+        self.chat_locks[chat_id] = txn
+        txn.chat_locks.add(chat_id)
+
+    def lock_row(
+        self,
+        txn: Transaction,
+        turn_id: UUID,
+        scope: AccessScope | None,
+        applies: Callable[[Turn], bool],
+    ) -> Turn | None:
+        """Find and lock the row an ``UPDATE ... WHERE id = turn_id AND ...`` would change.
+
+        Returns the version to update, or ``None`` when no row matches. A row locked by
+        another transaction is waited for and then re-checked on its newly committed
+        version (EvalPlanQual); a row that does not match in the first place is never
+        waited for. ``scope`` is ``None`` for the unscoped system methods.
+        """
+        while True:
+            row = self.rows.get(turn_id)
+            turn = self.visible(txn, row)
+            if turn is None or (scope is not None and (not scope.permits(turn))):
+                return None
+            if not applies(turn):
+                return None
+            assert row is not None
+            if row.holder is not None and row.holder is not txn:
+                self.wait_for(txn, row.holder)
+                continue
+            return turn
+
+    def write(self, txn: Transaction, new: Turn) -> None:
+        """Record ``new`` as ``txn``'s pending version of its row (locked by ``txn``)."""
+        row = self.rows[new.id]
+        row.pending, row.writer, row.holder = (new, txn, txn)
+        txn.written.add(new.id)
+        txn.locked.add(new.id)
+        txn.chat_writes.setdefault(new.chat_id, set()).add(new.id)
+        self._refresh_running(new.id, new, row)
+
+    def insert_blocker(self, txn: Transaction, params: CreateTurnParams) -> Transaction | bool:
+        """Would inserting ``params`` collide with a unique index?
+
+        Returns the open transaction to wait for, ``True`` on a collision with a row this
+        transaction sees, ``False`` when the insert may go ahead. The indexes are checked
+        in PostgreSQL's order: primary key, ``(chat_id, request_id)``, one running turn per
+        chat. A row another open transaction is writing is waited for whatever its
+        pending version holds, as PostgreSQL waits on a tuple whose inserter or updater
+        is still in progress.
+        """
+        key_holder = self.by_request.get((params.chat_id, params.request_id))
+        for turn_id in (params.id, key_holder):
+            row = self.rows.get(turn_id) if turn_id is not None else None
+            if row is None:
+                continue
+            if row.writer is not None and row.writer is not txn:
+                return row.writer
+            return True
+        for turn_id in self.running.get(params.chat_id, ()):
+            row = self.rows[turn_id]
+            if row.writer is not None and row.writer is not txn:
+                return row.writer
+            turn = self.visible(txn, row)
+            if turn is not None and rules.holds_running_slot(turn):
+                return True
+        return False
+
+    def insert(self, txn: Transaction, turn: Turn) -> None:
+        self.rows[turn.id] = Row(committed=None)
+        self.by_request[turn.chat_id, turn.request_id] = turn.id
+        self.write(txn, turn)
+
+    def running_turn(self, txn: Transaction, chat_id: UUID) -> Turn | None:
+        for turn_id in self.running.get(chat_id, ()):
+            turn = self.visible(txn, self.rows[turn_id])
+            if turn is not None and rules.holds_running_slot(turn):
+                return turn
+        return None
+
+    def latest_turn(self, txn: Transaction, scope: AccessScope, chat_id: UUID) -> Turn | None:
+        """The latest non-deleted turn of the chat that ``scope`` permits, as ``txn`` sees it.
+
+        Candidates: this transaction's own writes in the chat, and the newest committed
+        entry of the chat's index that it did not write and the scope permits.
+        """
+        candidates: list[Turn] = []
+        for turn_id in txn.chat_writes.get(chat_id, ()):
+            turn = self.rows[turn_id].pending
+            if turn is not None and scope.permits(turn):
+                candidates.append(turn)
+        for _, turn_id in reversed(self.latest.get(chat_id, ())):
+            if turn_id in txn.written:
+                continue
+            turn = self.rows[turn_id].committed
+            if turn is not None and scope.permits(turn):
+                candidates.append(turn)
+                break
+        return rules.pick_latest(candidates)
+
+    def live_turns_newest_first(
+        self, txn: Transaction, scope: AccessScope, chat_id: UUID
+    ) -> list[Turn]:
+        """Every non-deleted turn of the chat ``scope`` permits, as ``txn`` sees it now,
+        by ``(started_at, id)`` descending: the snapshot a ``FOR UPDATE`` scan walks."""
+        turns = [
+            turn
+            for turn_id in txn.chat_writes.get(chat_id, ())
+            if (turn := self.rows[turn_id].pending) is not None and rules.is_live(turn)
+        ]
+        for _, turn_id in self.latest.get(chat_id, ()):
+            if turn_id not in txn.written:
+                turn = self.rows[turn_id].committed
+                assert turn is not None
+                turns.append(turn)
+        turns = [turn for turn in turns if scope.permits(turn)]
+        turns.sort(key=rules.latest_sort_key, reverse=True)
+        return turns
+
+    def select_latest_for_update(
+        self, txn: Transaction, scope: AccessScope, chat_id: UUID
+    ) -> Turn | None:
+        """``SELECT ... ORDER BY started_at DESC, id DESC LIMIT 1 FOR UPDATE``, PostgreSQL's way.
+
+        The newest row of the statement's snapshot is locked, waiting for its holder if
+        need be; after a wait the row is re-checked as committed (EvalPlanQual), and if it
+        was deleted meanwhile the scan goes on to the next row *of the old snapshot*, which
+        may not be the true latest any more: the caller re-reads to catch that.
+        """
+        latest = self.latest_turn(txn, scope, chat_id)
+        if latest is None:
+            return None
+        row = self.rows[latest.id]
+        if row.holder is None or row.holder is txn:
+            self.lock(txn, row, latest.id)
+            return latest
+        for candidate in self.live_turns_newest_first(txn, scope, chat_id):
+            row = self.rows[candidate.id]
+            while row.holder is not None and row.holder is not txn:
+                self.wait_for(txn, row.holder)
+            current = self.visible(txn, row)
+            if current is not None and rules.is_live(current):
+                self.lock(txn, row, candidate.id)
+                return current
+        return None
+
+    @staticmethod
+    def lock(txn: Transaction, row: Row, turn_id: UUID) -> None:
+        row.holder = txn
+        txn.locked.add(turn_id)
+
+    def orphan_candidates(
+        self, txn: Transaction, now: datetime, timeout_secs: int, limit: int
+    ) -> list[Turn]:
+        found = [
+            turn
+            for turn_id in txn.written
+            if (turn := self.rows[turn_id].pending) is not None
+            and rules.is_orphan(turn, now, timeout_secs)
+        ]
+        committed: list[Turn] = []
+        for _, turn_id in self.orphan_order:
+            if len(committed) >= limit:
+                break
+            if turn_id in txn.written:
+                continue
+            turn = self.rows[turn_id].committed
+            assert turn is not None
+            if not rules.is_orphan(turn, now, timeout_secs):
+                break
+            committed.append(turn)
+        found.extend(committed)
+        found.sort(key=rules.orphan_sort_key)
+        return found[:limit]
+
+    def _reindex_committed(self, old: Turn | None, new: Turn) -> None:
+        """Move a row's entries in the committed indexes from version ``old`` (``None``
+        for a new row) to ``new``, touching only the entries whose key changed: a
+        keep-alive write moves its orphan-order entry and leaves the chat's latest-turn
+        entry alone."""
+        old_latest = _latest_key(old)
+        new_latest = _latest_key(new)
+        if old_latest != new_latest:
+            if old_latest is not None:
+                keys = self.latest[new.chat_id]
+                _remove_key(keys, old_latest)
+                if not keys:
+                    del self.latest[new.chat_id]
+            if new_latest is not None:
+                _insert_key(self.latest.setdefault(new.chat_id, []), new_latest)
+        old_orphan = _orphan_key(old)
+        new_orphan = _orphan_key(new)
+        if old_orphan != new_orphan:
+            if old_orphan is not None:
+                _remove_key(self.orphan_order, old_orphan)
+            if new_orphan is not None:
+                _insert_key(self.orphan_order, new_orphan)
+
+    def _refresh_running(self, turn_id: UUID, turn: Turn, row: Row) -> None:
+        """Keep ``running`` listing the rows any version of which holds the running slot."""
+        holds = any(
+            version is not None and rules.holds_running_slot(version)
+            for version in (row.committed, row.pending)
+        )
+        ids = self.running.get(turn.chat_id)
+        if holds:
+            if ids is None:
+                self.running[turn.chat_id] = {turn_id}
+            else:
+                ids.add(turn_id)
+        elif ids is not None:
+            ids.discard(turn_id)
+            if not ids:
+                del self.running[turn.chat_id]

@@ -1,0 +1,356 @@
+# WARNING: this file is generated from src/turnstore/memory/repository.py by tools/async_to_sync.py; do not edit.
+"""``InMemoryTurnRepository``: the 14 repository methods over the fake's storage engine.
+
+Every decision is a pure function of ``turnstore.rules`` or ``AccessScope.permits``; this
+module turns each method into the statement it stands for (an INSERT, an UPDATE with its
+WHERE, a SELECT) on ``turnstore.sync.memory.database``. Stored rows are never handed out:
+callers get copies.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from turnstore import rules
+from turnstore.errors import TurnNotFoundError, TurnStoreError
+from turnstore.memory.repository import (
+    _any_row,
+    _Change,
+    _copy,
+    _evolve,
+    _ignoring_time,
+    _inserted_turn,
+    _keep_unless_given,
+    _out,
+    _Predicate,
+)
+from turnstore.model import (
+    CasCompleteParams,
+    CasTerminalParams,
+    CreateTurnParams,
+    ToolCallType,
+    Turn,
+    TurnState,
+    UpdatePreflightParams,
+    check_instance,
+    check_scope,
+    check_uuid,
+    validate_orphan_args,
+)
+from turnstore.scope import AccessScope
+from turnstore.sync.memory.connection import (
+    NO_WRITES,
+    InMemoryConnection,
+    idle_autocommit,
+    statement,
+)
+from turnstore.sync.memory.database import Database, Transaction
+
+__all__ = ["InMemoryTurnRepository"]
+
+
+class InMemoryTurnRepository:
+    """``TurnRepository[InMemoryConnection]``: the 14 methods, decided by ``turnstore.rules``.
+
+    Arguments are checked exactly as ``PostgresTurnRepository`` checks them, with the same
+    errors. The repository holds no data; the runner names the store and the transaction.
+    """
+
+    def create_turn(
+        self, runner: InMemoryConnection, scope: AccessScope, params: CreateTurnParams
+    ) -> Turn:
+        check_instance("params", params, CreateTurnParams)
+        check_scope(scope)
+        if (denied := rules.insert_refusal(params, permitted=scope.permits(params))) is not None:
+            raise denied
+        now: datetime | None = None
+        if (db := idle_autocommit(runner)) is not None:
+            now = db.clock.now()
+            blocker = db.insert_blocker(NO_WRITES, params)
+            if blocker is False:
+                turn = _inserted_turn(params, now)
+                db.autocommit_insert(turn)
+                return _copy(turn)
+            if blocker is True:
+                raise self._insert_conflict(db, NO_WRITES, scope, params)
+        with statement(runner) as (db, txn):
+            if now is None:
+                now = db.clock.now()
+            while (blocker := db.insert_blocker(txn, params)) is not False:
+                if blocker is True:
+                    raise self._insert_conflict(db, txn, scope, params)
+                db.wait_for(txn, blocker)
+            turn = _inserted_turn(params, now)
+            db.insert(txn, turn)
+            return _copy(turn)
+
+    @staticmethod
+    def _insert_conflict(
+        db: Database, txn: Transaction, scope: AccessScope, params: CreateTurnParams
+    ) -> TurnStoreError:
+        """The refusal ``rules.insert_refusal`` picks from the conflicts ``txn`` sees. Called
+        only when ``insert_blocker`` found a conflicting row ``txn`` sees, so there is one."""
+        existing_id = db.by_request.get((params.chat_id, params.request_id))
+        existing = db.get(txn, existing_id) if existing_id is not None else None
+        running = db.running_turn(txn, params.chat_id)
+        refusal = rules.insert_refusal(
+            params,
+            id_taken=db.get(txn, params.id) is not None,
+            existing_id=existing.id if existing is not None else None,
+            running_id=running.id if running is not None else None,
+            visible={t.id for t in (existing, running) if t is not None and scope.permits(t)},
+        )
+        assert refusal is not None, "insert_blocker saw a conflict that is not there"
+        return refusal
+
+    def find_by_chat_and_request_id(
+        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID, request_id: UUID
+    ) -> Turn | None:
+        check_uuid("chat_id", chat_id)
+        check_uuid("request_id", request_id)
+        check_scope(scope)
+        with statement(runner) as (db, txn):
+            turn_id = db.by_request.get((chat_id, request_id))
+            turn = db.get(txn, turn_id) if turn_id is not None else None
+            return _out(turn) if turn is not None and scope.permits(turn) else None
+
+    def find_running_by_chat_id(
+        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
+    ) -> Turn | None:
+        check_uuid("chat_id", chat_id)
+        check_scope(scope)
+        with statement(runner) as (db, txn):
+            turn = db.running_turn(txn, chat_id)
+            return _out(turn) if turn is not None and scope.permits(turn) else None
+
+    def cas_update_state(
+        self, runner: InMemoryConnection, scope: AccessScope, params: CasTerminalParams
+    ) -> int:
+        check_instance("params", params, CasTerminalParams)
+        check_scope(scope)
+        return _update_count(
+            runner,
+            scope,
+            params.turn_id,
+            _ignoring_time(rules.terminal_cas_applies),
+            lambda turn, now: {
+                "state": params.state,
+                "error_code": params.error_code,
+                "error_detail": params.error_detail,
+                "assistant_message_id": _keep_unless_given(
+                    params.assistant_message_id, turn.assistant_message_id
+                ),
+                "provider_response_id": _keep_unless_given(
+                    params.provider_response_id, turn.provider_response_id
+                ),
+                "completed_at": now,
+                "updated_at": now,
+            },
+        )
+
+    def cas_update_completed(
+        self, runner: InMemoryConnection, scope: AccessScope, params: CasCompleteParams
+    ) -> int:
+        check_instance("params", params, CasCompleteParams)
+        check_scope(scope)
+        return _update_count(
+            runner,
+            scope,
+            params.turn_id,
+            _ignoring_time(rules.terminal_cas_applies),
+            lambda turn, now: {
+                "state": TurnState.COMPLETED,
+                "assistant_message_id": params.assistant_message_id,
+                "provider_response_id": _keep_unless_given(
+                    params.provider_response_id, turn.provider_response_id
+                ),
+                "completed_at": now,
+                "updated_at": now,
+            },
+        )
+
+    def set_assistant_message_id(
+        self,
+        runner: InMemoryConnection,
+        scope: AccessScope,
+        turn_id: UUID,
+        assistant_message_id: UUID,
+    ) -> None:
+        check_uuid("turn_id", turn_id)
+        check_uuid("assistant_message_id", assistant_message_id)
+        check_scope(scope)
+        written = _update(
+            runner,
+            scope,
+            turn_id,
+            _any_row,
+            lambda _turn, now: {"assistant_message_id": assistant_message_id, "updated_at": now},
+        )
+        if written is None:
+            raise TurnNotFoundError(turn_id)
+
+    def soft_delete(
+        self,
+        runner: InMemoryConnection,
+        scope: AccessScope,
+        turn_id: UUID,
+        replaced_by_request_id: UUID | None,
+    ) -> None:
+        check_uuid("turn_id", turn_id)
+        if replaced_by_request_id is not None:
+            check_uuid("replaced_by_request_id", replaced_by_request_id)
+        check_scope(scope)
+
+        def first_delete_only(turn: Turn, now: datetime) -> dict[str, object]:
+            if not rules.is_live(turn):
+                return {}
+            return {
+                "deleted_at": now,
+                "replaced_by_request_id": replaced_by_request_id,
+                "updated_at": now,
+            }
+
+        if _update(runner, scope, turn_id, _any_row, first_delete_only) is None:
+            raise TurnNotFoundError(turn_id)
+
+    def find_latest_turn(
+        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
+    ) -> Turn | None:
+        check_uuid("chat_id", chat_id)
+        check_scope(scope)
+        with statement(runner) as (db, txn):
+            return _out(db.latest_turn(txn, scope, chat_id))
+
+    def update_progress_at(
+        self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
+    ) -> int:
+        check_uuid("turn_id", turn_id)
+        check_scope(scope)
+        return _update_count(
+            runner,
+            scope,
+            turn_id,
+            _ignoring_time(rules.progress_update_applies),
+            lambda _turn, now: {"last_progress_at": now, "updated_at": now},
+        )
+
+    def find_orphan_candidates(
+        self, runner: InMemoryConnection, timeout_secs: int, limit: int
+    ) -> list[Turn]:
+        validate_orphan_args(timeout_secs, limit)
+        with statement(runner) as (db, txn):
+            now = db.clock.now()
+            return [_copy(t) for t in db.orphan_candidates(txn, now, timeout_secs, limit)]
+
+    def cas_finalize_orphan(
+        self, runner: InMemoryConnection, turn_id: UUID, timeout_secs: int
+    ) -> int:
+        check_uuid("turn_id", turn_id)
+        validate_orphan_args(timeout_secs)
+        return _update_count(
+            runner,
+            None,
+            turn_id,
+            lambda turn, now: rules.is_orphan(turn, now, timeout_secs),
+            lambda _turn, now: {
+                "state": TurnState.FAILED,
+                "error_code": rules.ORPHAN_ERROR_CODE,
+                "completed_at": now,
+                "updated_at": now,
+            },
+        )
+
+    def find_latest_for_update(
+        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
+    ) -> Turn | None:
+        """Take the chat's lock, lock the latest turn, then re-read the latest: when a
+        transaction that bypassed the chat lock replaced the row waited on, go again
+        (as the PostgreSQL backend does, a bounded number of times)."""
+        check_uuid("chat_id", chat_id)
+        check_scope(scope)
+        with statement(runner) as (db, txn):
+            db.lock_chat(txn, chat_id)
+            turn: Turn | None = None
+            for _ in range(rules.MAX_RELOCKS):
+                turn = db.select_latest_for_update(txn, scope, chat_id)
+                latest = db.latest_turn(txn, scope, chat_id)
+                if (turn.id if turn else None) == (latest.id if latest else None):
+                    break
+            return _out(turn)
+
+    def update_preflight_fields(
+        self, runner: InMemoryConnection, scope: AccessScope, params: UpdatePreflightParams
+    ) -> int:
+        check_instance("params", params, UpdatePreflightParams)
+        check_scope(scope)
+        fields = params.model_dump(exclude={"turn_id"})
+        return _update_count(
+            runner,
+            scope,
+            params.turn_id,
+            _ignoring_time(rules.preflight_update_applies),
+            lambda _turn, now: {**fields, "updated_at": now},
+        )
+
+    def increment_tool_calls(
+        self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
+    ) -> None:
+        check_uuid("turn_id", turn_id)
+        counter = rules.check_tool(tool).column
+        check_scope(scope)
+        _update(
+            runner,
+            scope,
+            turn_id,
+            _ignoring_time(rules.tool_increment_applies),
+            lambda turn, now: {counter: getattr(turn, counter) + 1, "updated_at": now},
+        )
+
+
+def _update(
+    runner: InMemoryConnection,
+    scope: AccessScope | None,
+    turn_id: UUID,
+    applies: _Predicate,
+    change: _Change,
+) -> Turn | None:
+    """``UPDATE ... SET change WHERE id = turn_id AND applies AND scope``: the one way the
+    fake changes a row. Both callables get the row and the statement's one clock reading.
+    Returns the row as written, or ``None`` when nothing matched."""
+    now: datetime | None = None
+    if (db := idle_autocommit(runner)) is not None:
+        row = db.rows.get(turn_id)
+        now = db.clock.now()
+        if row is None or row.holder is None:
+            turn = None if row is None else row.committed
+            if (
+                turn is None
+                or (scope is not None and (not scope.permits(turn)))
+                or (not applies(turn, now))
+            ):
+                return None
+            assert row is not None
+            new = _evolve(turn, change(turn, now))
+            db.autocommit_update(row, new)
+            return new
+    with statement(runner) as (db, txn):
+        if now is None:
+            now = db.clock.now()
+        turn = db.lock_row(txn, turn_id, scope, lambda t: applies(t, now))
+        if turn is None:
+            return None
+        new = _evolve(turn, change(turn, now))
+        db.write(txn, new)
+        return new
+
+
+def _update_count(
+    runner: InMemoryConnection,
+    scope: AccessScope | None,
+    turn_id: UUID,
+    applies: _Predicate,
+    change: _Change,
+) -> int:
+    """``_update`` reporting rows affected, as the CAS methods do."""
+    return 0 if _update(runner, scope, turn_id, applies, change) is None else 1

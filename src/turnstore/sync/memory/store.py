@@ -1,0 +1,120 @@
+# WARNING: this file is generated from src/turnstore/memory/store.py by tools/async_to_sync.py; do not edit.
+"""``InMemoryStore``: the in-memory ``TurnStore``, handing out runners in a transaction
+or in autocommit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
+
+from turnstore.clock import Clock, SystemClock
+from turnstore.errors import StoreUnavailableError
+from turnstore.sync.election import InProcessElection
+from turnstore.sync.memory.connection import InMemoryConnection
+from turnstore.sync.memory.database import Database, Transaction
+from turnstore.sync.memory.repository import InMemoryTurnRepository
+
+__all__ = ["InMemoryStore"]
+
+
+class _AutocommitBlock:
+    """The block of ``InMemoryStore.connection()``. A class rather than a generator-based
+    context manager: keep-alive writes enter one per write, and this costs a fraction."""
+
+    __slots__ = ("_runner", "_store")
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+        self._runner: InMemoryConnection | None = None
+
+    def __enter__(self) -> InMemoryConnection:
+        self._store._check_open()
+        self._runner = InMemoryConnection(self._store._database, None)
+        return self._runner
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            self._runner._close()
+
+
+class InMemoryStore:
+    """``TurnStore[InMemoryConnection]`` held in process memory.
+
+    ``clock`` is where database time comes from: ``turnstore.testing.ManualClock`` in
+    tests that move time, the strictly increasing wall clock (``SystemClock``) by default.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._database = Database(self._clock)
+        self._turns = InMemoryTurnRepository()
+        self._closed = False
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every timestamp and orphan predicate of this store reads."""
+        return self._clock
+
+    @property
+    def turns(self) -> InMemoryTurnRepository:
+        return self._turns
+
+    def leader_election(self) -> InProcessElection:
+        """A new election among the watchdogs of this process sharing this store."""
+        return InProcessElection(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailableError("the in-memory store is closed")
+
+    @contextmanager
+    def transaction(self) -> Iterator[InMemoryConnection]:
+        """A runner inside a new transaction: committed when the block ends normally,
+        rolled back when it raises (or when a call failed it, as after a deadlock)."""
+        self._check_open()
+        txn = Transaction()
+        runner = InMemoryConnection(self._database, txn)
+        try:
+            yield runner
+        except BaseException:
+            runner._close()
+            with runner._lock:
+                with self._database.monitor:
+                    self._database.rollback(txn)
+            raise
+        runner._close()
+        with runner._lock:
+            with self._database.monitor:
+                if txn.aborted:
+                    self._database.rollback(txn)
+                else:
+                    self._database.commit(txn)
+
+    def connection(self) -> AbstractContextManager[InMemoryConnection]:
+        """A runner in autocommit: each call is atomic on its own."""
+        return _AutocommitBlock(self)
+
+    def migrate(self) -> None:
+        """Nothing to migrate: the in-memory schema is always current."""
+        self._check_open()
+
+    def close(self) -> None:
+        """Refuse new runners from now on; the stored turns go with the store."""
+        self._closed = True
+
+    def __enter__(self) -> InMemoryStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,346 @@
+# WARNING: this file is generated from src/turnstore/postgres/repository.py by tools/async_to_sync.py; do not edit.
+"""``PostgresTurnRepository``: the ``TurnRepository`` protocol on PostgreSQL.
+
+The runner is the caller's ``psycopg.Connection``, in or out of a transaction the
+caller opened. The statements are those of ``turnstore.postgres.statements``, rendered once
+per schema; the scope of each call is compiled once per scope object
+(``turnstore.postgres.scope``).
+
+No method lets a statement fail on purpose, so a typed error leaves the caller's
+transaction usable: inserts use ``ON CONFLICT DO NOTHING`` and then classify the refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from turnstore import rules
+from turnstore.errors import GenerationInProgressError, InvalidParameterError, TurnNotFoundError
+from turnstore.model import (
+    CasCompleteParams,
+    CasTerminalParams,
+    CreateTurnParams,
+    ToolCallType,
+    Turn,
+    UpdatePreflightParams,
+    check_instance,
+    check_uuid,
+    validate_orphan_args,
+)
+from turnstore.postgres import statements as q
+from turnstore.postgres.errors import driver_errors, raise_translated
+from turnstore.postgres.repository import (
+    _turn_rows,
+)
+from turnstore.postgres.scope import SCOPE_CACHE_SIZE, CompiledScope, ScopedStatement
+from turnstore.postgres.statements import DEFAULT_SCHEMA, render, render_scoped
+from turnstore.rules import ORPHAN_ERROR_CODE
+from turnstore.scope import AccessScope
+
+__all__ = ["PostgresTurnRepository"]
+Connection = psycopg.Connection[Any]
+
+
+class PostgresTurnRepository:
+    """``TurnRepository`` on PostgreSQL; the runner is a ``psycopg.Connection``.
+
+    Stateless apart from the statements rendered for ``schema``: one instance can serve any
+    number of connections and tasks at once.
+    """
+
+    __slots__ = (
+        "_cas_completed",
+        "_cas_state",
+        "_classify",
+        "_finalize_orphan",
+        "_find_by_request",
+        "_find_latest",
+        "_find_orphans",
+        "_find_running",
+        "_increment",
+        "_insert",
+        "_latest_for_update",
+        "_latest_id",
+        "_lock_chat",
+        "_scopes",
+        "_set_assistant_message",
+        "_soft_delete",
+        "_update_preflight",
+        "_update_progress",
+        "schema",
+    )
+
+    def __init__(self, schema: str = DEFAULT_SCHEMA) -> None:
+        if not isinstance(schema, str) or not schema or "\x00" in schema:
+            raise InvalidParameterError(f"schema must be a non-empty name, got {schema!r}")
+        self.schema = schema
+        self._insert = render(q.INSERT_TURN, schema)
+        self._classify = render_scoped(q.CLASSIFY_CONFLICT, schema)
+        self._find_by_request = render_scoped(q.FIND_BY_REQUEST, schema)
+        self._find_running = render_scoped(q.FIND_RUNNING, schema)
+        self._cas_state = render_scoped(q.CAS_STATE, schema)
+        self._cas_completed = render_scoped(q.CAS_COMPLETED, schema)
+        self._set_assistant_message = render_scoped(q.SET_ASSISTANT_MESSAGE, schema)
+        self._soft_delete = render_scoped(q.SOFT_DELETE, schema)
+        self._find_latest = render_scoped(q.FIND_LATEST, schema)
+        self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema)
+        self._find_orphans = render(q.FIND_ORPHANS, schema)
+        self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema)
+        self._lock_chat = q.LOCK_CHAT
+        self._latest_for_update = render_scoped(q.LATEST_FOR_UPDATE, schema)
+        self._latest_id = render_scoped(q.LATEST_ID, schema)
+        self._update_preflight = render_scoped(q.UPDATE_PREFLIGHT, schema)
+        self._increment = {
+            tool: render_scoped(q.INCREMENT_TOOL, schema, counter=tool.column)
+            for tool in ToolCallType
+        }
+        self._scopes: dict[int, CompiledScope] = {}
+
+    def __repr__(self) -> str:
+        return f"PostgresTurnRepository(schema={self.schema!r})"
+
+    def _compiled(self, scope: AccessScope) -> CompiledScope:
+        """``scope`` compiled (``compile_scope``), from the cache when this very object was
+        compiled before; an ``InvalidParameterError`` for anything but an ``AccessScope``."""
+        compiled = self._scopes.get(id(scope))
+        if compiled is not None and compiled.scope is scope:
+            return compiled
+        compiled = CompiledScope(scope)
+        if len(self._scopes) >= SCOPE_CACHE_SIZE:
+            self._scopes.clear()
+        self._scopes[id(scope)] = compiled
+        return compiled
+
+    def _one(
+        self,
+        conn: Connection,
+        statement: ScopedStatement,
+        scope: AccessScope,
+        head: tuple[Any, ...],
+    ) -> Turn | None:
+        """Run a scoped SELECT; ``head`` are the parameters before the scope's."""
+        compiled = self._scopes.get(id(scope))
+        if compiled is None or compiled.scope is not scope:
+            compiled = self._compiled(scope)
+        query = compiled.rendered.get(statement) or compiled.statement(statement)
+        try:
+            cur = conn.cursor(row_factory=_turn_rows)
+            cur.execute(query, head + compiled.params)
+            return cur.fetchone()
+        except Exception as exc:
+            raise_translated(exc)
+            raise
+
+    def _count(
+        self,
+        conn: Connection,
+        statement: ScopedStatement,
+        scope: AccessScope,
+        head: tuple[Any, ...],
+    ) -> int:
+        """Run a scoped UPDATE; return the rows it changed."""
+        compiled = self._scopes.get(id(scope))
+        if compiled is None or compiled.scope is not scope:
+            compiled = self._compiled(scope)
+        query = compiled.rendered.get(statement) or compiled.statement(statement)
+        try:
+            cur = conn.execute(query, head + compiled.params)
+        except Exception as exc:
+            raise_translated(exc)
+            raise
+        return cur.rowcount
+
+    def create_turn(self, runner: Connection, scope: AccessScope, params: CreateTurnParams) -> Turn:
+        check_instance("params", params, CreateTurnParams)
+        compiled = self._compiled(scope)
+        refusal = rules.insert_refusal(params, permitted=scope.permits(params))
+        if refusal is not None:
+            raise refusal
+        values = (
+            params.id,
+            params.tenant_id,
+            params.chat_id,
+            params.request_id,
+            params.requester_type.value,
+            params.requester_user_id,
+            params.provider_name,
+            params.reserve_tokens,
+            params.max_output_tokens_applied,
+            params.reserved_credits_micro,
+            params.policy_version_applied,
+            params.effective_model,
+            params.minimal_generation_floor_applied,
+            params.web_search_enabled,
+        )
+        with driver_errors:
+            for _ in range(rules.MAX_INSERT_ATTEMPTS):
+                inserted = runner.cursor(row_factory=_turn_rows)
+                inserted.execute(self._insert, values)
+                turn = inserted.fetchone()
+                if turn is not None:
+                    return turn
+                classify_params = (
+                    params.id,
+                    params.chat_id,
+                    params.request_id,
+                    params.chat_id,
+                    params.chat_id,
+                    params.request_id,
+                    *compiled.params,
+                )
+                cur = runner.cursor().execute(compiled.statement(self._classify), classify_params)
+                row = cur.fetchone()
+                assert row is not None
+                id_taken, existing_id, running_id, permitted = row
+                refusal = rules.insert_refusal(
+                    params,
+                    id_taken=id_taken,
+                    existing_id=existing_id,
+                    running_id=running_id,
+                    visible=permitted,
+                )
+                if refusal is not None:
+                    raise refusal
+        raise GenerationInProgressError(params.chat_id)
+
+    def find_by_chat_and_request_id(
+        self, runner: Connection, scope: AccessScope, chat_id: UUID, request_id: UUID
+    ) -> Turn | None:
+        check_uuid("chat_id", chat_id)
+        check_uuid("request_id", request_id)
+        return self._one(runner, self._find_by_request, scope, (chat_id, request_id))
+
+    def find_running_by_chat_id(
+        self, runner: Connection, scope: AccessScope, chat_id: UUID
+    ) -> Turn | None:
+        check_uuid("chat_id", chat_id)
+        return self._one(runner, self._find_running, scope, (chat_id,))
+
+    def cas_update_state(
+        self, runner: Connection, scope: AccessScope, params: CasTerminalParams
+    ) -> int:
+        check_instance("params", params, CasTerminalParams)
+        head = (
+            params.state.value,
+            params.error_code,
+            params.error_detail,
+            params.assistant_message_id,
+            params.provider_response_id,
+            params.turn_id,
+        )
+        return self._count(runner, self._cas_state, scope, head)
+
+    def cas_update_completed(
+        self, runner: Connection, scope: AccessScope, params: CasCompleteParams
+    ) -> int:
+        check_instance("params", params, CasCompleteParams)
+        head = (params.assistant_message_id, params.provider_response_id, params.turn_id)
+        return self._count(runner, self._cas_completed, scope, head)
+
+    def set_assistant_message_id(
+        self, runner: Connection, scope: AccessScope, turn_id: UUID, assistant_message_id: UUID
+    ) -> None:
+        check_uuid("turn_id", turn_id)
+        check_uuid("assistant_message_id", assistant_message_id)
+        head = (assistant_message_id, turn_id)
+        if self._count(runner, self._set_assistant_message, scope, head) == 0:
+            raise TurnNotFoundError(turn_id)
+
+    def soft_delete(
+        self,
+        runner: Connection,
+        scope: AccessScope,
+        turn_id: UUID,
+        replaced_by_request_id: UUID | None,
+    ) -> None:
+        check_uuid("turn_id", turn_id)
+        if replaced_by_request_id is not None:
+            check_uuid("replaced_by_request_id", replaced_by_request_id)
+        head = (replaced_by_request_id, turn_id)
+        if self._count(runner, self._soft_delete, scope, head) == 0:
+            raise TurnNotFoundError(turn_id)
+
+    def find_latest_turn(
+        self, runner: Connection, scope: AccessScope, chat_id: UUID
+    ) -> Turn | None:
+        check_uuid("chat_id", chat_id)
+        return self._one(runner, self._find_latest, scope, (chat_id,))
+
+    def update_progress_at(self, runner: Connection, scope: AccessScope, turn_id: UUID) -> int:
+        check_uuid("turn_id", turn_id)
+        return self._count(runner, self._update_progress, scope, (turn_id,))
+
+    def find_orphan_candidates(
+        self, runner: Connection, timeout_secs: int, limit: int
+    ) -> list[Turn]:
+        validate_orphan_args(timeout_secs, limit)
+        with driver_errors:
+            cur = runner.cursor(row_factory=_turn_rows)
+            cur.execute(self._find_orphans, (timeout_secs, limit))
+            return cur.fetchall()
+
+    def cas_finalize_orphan(self, runner: Connection, turn_id: UUID, timeout_secs: int) -> int:
+        check_uuid("turn_id", turn_id)
+        validate_orphan_args(timeout_secs)
+        with driver_errors:
+            cur = runner.execute(self._finalize_orphan, (ORPHAN_ERROR_CODE, turn_id, timeout_secs))
+        return cur.rowcount
+
+    def find_latest_for_update(
+        self, runner: Connection, scope: AccessScope, chat_id: UUID
+    ) -> Turn | None:
+        """Serialize the chat with a transaction-level advisory lock, then read and lock its
+        latest turn in a new statement (a fresh snapshot taken after the wait), then read
+        the latest id once more: if a transaction that bypassed the chat lock replaced the
+        turn we waited on, ``FOR UPDATE`` hands back an older row, and we go again.
+
+        All three statements go out in one round trip (pipeline mode).
+        """
+        check_uuid("chat_id", chat_id)
+        compiled = self._compiled(scope)
+        select = compiled.statement(self._latest_for_update)
+        verify = compiled.statement(self._latest_id)
+        select_params = (chat_id, *compiled.params)
+        with driver_errors:
+            lock_params: tuple[Any, ...] | None = (chat_id,)
+            turn: Turn | None = None
+            for _ in range(rules.MAX_RELOCKS):
+                locked = runner.cursor(row_factory=_turn_rows)
+                check = runner.cursor()
+                with runner.pipeline():
+                    if lock_params is not None:
+                        runner.execute(self._lock_chat, lock_params)
+                    locked.execute(select, select_params)
+                    check.execute(verify, select_params)
+                turn = locked.fetchone()
+                latest = check.fetchone()
+                latest_id = latest[0] if latest is not None else None
+                if (turn.id if turn is not None else None) == latest_id:
+                    return turn
+                lock_params = None
+            return turn
+
+    def update_preflight_fields(
+        self, runner: Connection, scope: AccessScope, params: UpdatePreflightParams
+    ) -> int:
+        check_instance("params", params, UpdatePreflightParams)
+        head = (
+            params.reserve_tokens,
+            params.max_output_tokens_applied,
+            params.reserved_credits_micro,
+            params.policy_version_applied,
+            params.effective_model,
+            params.minimal_generation_floor_applied,
+            params.turn_id,
+        )
+        return self._count(runner, self._update_preflight, scope, head)
+
+    def increment_tool_calls(
+        self, runner: Connection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
+    ) -> None:
+        check_uuid("turn_id", turn_id)
+        statement = self._increment[rules.check_tool(tool)]
+        self._count(runner, statement, scope, (turn_id,))
