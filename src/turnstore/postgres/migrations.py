@@ -23,6 +23,7 @@ from turnstore.errors import MigrationError, SchemaMismatchError
 from turnstore.postgres import statements as q
 from turnstore.postgres.errors import driver_errors, translate
 from turnstore.postgres.statements import DEFAULT_SCHEMA
+from turnstore.validation import check_schema_name
 
 __all__ = [
     "Migration",
@@ -102,6 +103,7 @@ def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
     It creates the schema, sets ``search_path`` to it, runs every migration, and records
     them in ``schema_migrations`` so ``check_schema`` reports the database as current.
     """
+    check_schema_name(schema)
     table = _version_table(schema)
     header = sql.SQL(q.SCRIPT_HEADER.strip()).format(schema=sql.Identifier(schema))
     parts = [header.as_string(None), ""]
@@ -162,6 +164,7 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
     waits, then finds nothing to do. Refuses with ``MigrationError``, applying nothing, when
     an applied file's checksum changed or a recorded version has no file.
     """
+    check_schema_name(schema)
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise MigrationError(
             "migrate() needs a connection outside any transaction: each migration runs in "
