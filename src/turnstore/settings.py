@@ -15,7 +15,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from turnstore.validation import ExactBool
+from turnstore.validation import ExactBool, Number
 
 __all__ = [
     "DEFAULT_ORPHAN_TIMEOUT_SECS",
@@ -49,7 +49,7 @@ class WatchdogSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
-    scan_interval_secs: float = Field(default=60.0, gt=0, le=MAX_ORPHAN_TIMEOUT_SECS)
+    scan_interval_secs: Number = Field(default=60.0, gt=0, le=MAX_ORPHAN_TIMEOUT_SECS)
     batch_limit: int = Field(default=100, strict=True, ge=1, le=10_000)
 
 
@@ -67,7 +67,7 @@ class KeepAliveSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
-    interval_secs: float = Field(default=30.0, gt=0)
+    interval_secs: Number = Field(default=30.0, gt=0)
     orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
     heartbeat: ExactBool = True
 

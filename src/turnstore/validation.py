@@ -41,6 +41,7 @@ __all__ = [
     "MAX_SCHEMA_NAME_BYTES",
     "ExactBool",
     "Id",
+    "Number",
     "check_bool",
     "check_callable",
     "check_instance",
@@ -52,6 +53,7 @@ __all__ = [
     "check_text",
     "check_uuid",
     "exact_bool",
+    "exact_number",
     "strict_uuid",
     "validate_orphan_args",
 ]
@@ -87,9 +89,9 @@ def _preview(value: str, limit: int = 80) -> str:
 def check_instance(name: str, value: object, kind: type, kind_name: str | None = None) -> None:
     """Refuse ``value`` unless it is a ``kind``."""
     if not isinstance(value, kind):
-        raise InvalidParameterError(
-            f"{name} must be a {kind_name or kind.__name__}, got {_type_name(value)}"
-        )
+        expected = kind_name or kind.__name__
+        article = "an" if expected[0].lower() in "aeio" else "a"
+        raise InvalidParameterError(f"{name} must be {article} {expected}, got {_type_name(value)}")
 
 
 def check_uuid(name: str, value: object) -> None:
@@ -216,7 +218,17 @@ def strict_uuid(value: object, info: ValidationInfo) -> object:
     raise ValueError(f"expected a uuid.UUID, got {_type_name(value)}")
 
 
+def exact_number(value: object) -> object:
+    """A seconds field's check: an ``int`` or a ``float``, not a bool, a ``Decimal`` or a
+    string (strict pydantic still takes a ``Decimal`` for a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {_type_name(value)}")
+    return value
+
+
 #: A bool field that accepts nothing else.
 ExactBool = Annotated[bool, BeforeValidator(exact_bool)]
 #: An id field: ``uuid.UUID`` from Python, a UUID string only from JSON text.
 Id = Annotated[UUID, BeforeValidator(strict_uuid)]
+#: A float field (seconds) that takes an ``int`` or a ``float`` and nothing else.
+Number = Annotated[float, BeforeValidator(exact_number)]

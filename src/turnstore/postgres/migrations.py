@@ -146,6 +146,7 @@ async def check_schema(conn: Connection, schema: str = DEFAULT_SCHEMA) -> Schema
     Reads only the version table, so it needs no DDL rights; a missing table (or schema)
     means nothing is applied. Safe inside the caller's transaction: nothing here fails.
     """
+    check_schema_name(schema)
     files = migration_files()
     with driver_errors:
         cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
