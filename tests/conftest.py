@@ -2,6 +2,7 @@
 ``turnstore`` pytest plugin)."""
 
 import socket
+import sys
 
 import pytest
 
@@ -13,3 +14,10 @@ def unreachable_dsn() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"postgresql://postgres@127.0.0.1:{port}/postgres?connect_timeout=5"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many hostile inputs the hostile-input suites tried (tests/hostile_support.py)."""
+    support = sys.modules.get("hostile_support")
+    if support is not None and support.HOSTILE_INPUTS.count:
+        terminalreporter.write_line(f"hostile inputs tried: {support.HOSTILE_INPUTS.count}")

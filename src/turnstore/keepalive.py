@@ -18,8 +18,9 @@ from uuid import UUID
 
 from turnstore._compat_async import Task, sleep, spawn, wait_tasks
 from turnstore.repository import RunnerT, TurnStore
-from turnstore.scope import AccessScope
+from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
+from turnstore.validation import check_callable, check_instance, check_uuid
 
 __all__ = ["KeepAlive"]
 
@@ -47,6 +48,10 @@ class KeepAlive(Generic[RunnerT]):
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        check_scope(scope)
+        check_uuid("turn_id", turn_id)
+        check_instance("settings", settings, KeepAliveSettings)
+        check_callable("clock", clock)
         self._store = store
         self._turns = store.turns
         self._scope = scope

@@ -32,6 +32,7 @@ from turnstore.model import (
     RequesterType,
     Turn,
     TurnState,
+    check_turn,
 )
 from turnstore.repository import RunnerT, TurnRepository, TurnStore
 from turnstore.rules import (
@@ -39,8 +40,14 @@ from turnstore.rules import (
     decide_start,
     mutation_rejection,
 )
-from turnstore.scope import AccessScope
+from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
+from turnstore.validation import (
+    check_callable,
+    check_instance,
+    check_optional_uuid,
+    check_uuid,
+)
 
 __all__ = [
     "FinalizeHook",
@@ -177,6 +184,25 @@ class MutationResult:
 MutationHook = Callable[[RunnerT, MutationResult], Awaitable[None]]
 
 
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_optional(name: str, value: object, kind: type) -> None:
+    if value is not None:
+        check_instance(name, value, kind)
+
+
+def _check_hook(hook: object) -> None:
+    if hook is not None:
+        check_callable("hook", hook)
+
+
+def _check_finalize(scope: object, turn: object, hook: object) -> None:
+    check_scope(scope)
+    check_turn("turn", turn)
+    _check_hook(hook)
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -187,11 +213,15 @@ class TurnLifecycle(Generic[RunnerT]):
     host's transaction, if the host opened one) and the host commits or rolls back; when
     omitted, the method opens what it needs from the store (a transaction where several
     statements must be atomic, an autocommit connection where one statement is enough).
+
+    Every method checks its arguments before any statement runs (``_check_args``): a wrong
+    type is an ``InvalidParameterError`` naming the argument, and nothing is written.
     """
 
     def __init__(
         self, store: TurnStore[RunnerT], *, keep_alive: KeepAliveSettings | None = None
     ) -> None:
+        _check_optional("keep_alive", keep_alive, KeepAliveSettings)
         self._store = store
         self._keep_alive = keep_alive if keep_alive is not None else KeepAliveSettings()
 
@@ -226,6 +256,8 @@ class TurnLifecycle(Generic[RunnerT]):
         ``request_id_conflict``), even while another turn runs; only then
         ``generation_in_progress``.
         """
+        check_scope(scope)
+        check_instance("params", params, CreateTurnParams)
         async with self._on(runner, atomic=False) as run:
             refused: GenerationInProgressError | None = None
             for _ in range(_START_ATTEMPTS):
@@ -270,6 +302,7 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> KeepAlive[RunnerT]:
         """A ``KeepAlive`` for one running turn (see ``KeepAlive``); ``clock`` is the
         monotonic clock that paces the writes."""
+        _check_optional("settings", settings, KeepAliveSettings)
         return KeepAlive(self._store, scope, turn_id, settings or self._keep_alive, clock=clock)
 
     # ---- finalize
@@ -286,6 +319,8 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> FinalizeOutcome:
         """CAS ``running -> completed``; the assistant message id is required, because a
         completed turn must be replayable."""
+        # The values written are checked by the parameter model (pydantic.ValidationError).
+        _check_finalize(scope, turn, hook)
         params = CasCompleteParams(
             turn_id=turn.id,
             assistant_message_id=assistant_message_id,
@@ -307,7 +342,9 @@ class TurnLifecycle(Generic[RunnerT]):
         hook: FinalizeHook[RunnerT] | None = None,
         runner: RunnerT | None = None,
     ) -> FinalizeOutcome:
-        """CAS ``running -> failed`` with an error code (1..64 chars) and optional detail."""
+        """CAS ``running -> failed`` with an error code (1..64 chars) and optional detail
+        (at most 16384 chars); a longer one is a ``pydantic.ValidationError``."""
+        _check_finalize(scope, turn, hook)
         params = CasTerminalParams(
             turn_id=turn.id,
             state=TurnState.FAILED,
@@ -326,6 +363,7 @@ class TurnLifecycle(Generic[RunnerT]):
         runner: RunnerT | None = None,
     ) -> FinalizeOutcome:
         """CAS ``running -> cancelled``, linking the partial answer's message if one was kept."""
+        _check_finalize(scope, turn, hook)
         params = CasTerminalParams(
             turn_id=turn.id, state=TurnState.CANCELLED, assistant_message_id=partial_message_id
         )
@@ -426,6 +464,12 @@ class TurnLifecycle(Generic[RunnerT]):
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
     ) -> MutationResult:
+        check_scope(scope)
+        check_uuid("chat_id", chat_id)
+        check_uuid("request_id", request_id)
+        check_optional_uuid("actor_user_id", actor_user_id)
+        check_optional_uuid("new_turn_id", new_turn_id)
+        _check_hook(hook)
         async with self._on(runner, atomic=True) as run:
             # Lock the chat first: every check below then reads the state the previous
             # mutation of this chat committed, never an older snapshot.

@@ -2,7 +2,10 @@
 
 Everything here is pure: no I/O. Parameter models reject bad input on construction with a
 ``pydantic.ValidationError`` (a ``ValueError``), so nothing reaches the database unchecked.
-The limits mirror the column types and CHECK constraints of ``turnstore/sql/``.
+They are strict: ids are ``uuid.UUID`` objects, ints are ints (not bools, floats, Decimals
+or numeric strings), bools are bools; enums may be given by value (``"failed"``). From JSON
+text (``model_validate_json``) ids may be UUID strings. The limits (docs/security.md,
+*Limits*) mirror the column types and CHECK constraints of ``turnstore/sql/``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any
-from uuid import UUID
 
 from pydantic import (
     BaseModel,
@@ -20,8 +22,21 @@ from pydantic import (
     model_validator,
 )
 
-from turnstore.errors import InvalidParameterError
-from turnstore.scope import AccessScope
+from turnstore.scope import check_scope
+from turnstore.validation import (
+    INT4_MAX,
+    INT8_MAX,
+    MAX_EFFECTIVE_MODEL_CHARS,
+    MAX_ERROR_CODE_CHARS,
+    MAX_ERROR_DETAIL_CHARS,
+    MAX_PROVIDER_NAME_CHARS,
+    MAX_PROVIDER_RESPONSE_ID_CHARS,
+    ExactBool,
+    Id,
+    check_instance,
+    check_uuid,
+    validate_orphan_args,
+)
 
 __all__ = [
     "INT4_MAX",
@@ -36,13 +51,11 @@ __all__ = [
     "UpdatePreflightParams",
     "check_instance",
     "check_scope",
+    "check_turn",
     "check_uuid",
     "trusted_turn",
     "validate_orphan_args",
 ]
-
-INT4_MAX = 2**31 - 1
-INT8_MAX = 2**63 - 1
 
 
 class TurnState(str, Enum):
@@ -111,21 +124,35 @@ def _not_bool(value: object) -> object:
     return value
 
 
-Text = Annotated[str, BeforeValidator(_storable_text)]
+ErrorDetail = Annotated[
+    str, Field(max_length=MAX_ERROR_DETAIL_CHARS), BeforeValidator(_storable_text)
+]
 NonNegInt4 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=INT4_MAX)]
 NonNegInt8 = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=INT8_MAX)]
 # The length bounds sit on the str itself so that the message counts characters (as
 # varchar(n) does) instead of "items".
-ErrorCode = Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(_storable_text)]
-ProviderName = Annotated[str, Field(min_length=1, max_length=128), BeforeValidator(_storable_text)]
+ErrorCode = Annotated[
+    str, Field(min_length=1, max_length=MAX_ERROR_CODE_CHARS), BeforeValidator(_storable_text)
+]
+ProviderName = Annotated[
+    str, Field(min_length=1, max_length=MAX_PROVIDER_NAME_CHARS), BeforeValidator(_storable_text)
+]
 ProviderResponseId = Annotated[
-    str, Field(min_length=1, max_length=128), BeforeValidator(_storable_text)
+    str,
+    Field(min_length=1, max_length=MAX_PROVIDER_RESPONSE_ID_CHARS),
+    BeforeValidator(_storable_text),
 ]
 EffectiveModel = Annotated[
-    str, Field(min_length=1, max_length=1024), BeforeValidator(_storable_text)
+    str,
+    Field(min_length=1, max_length=MAX_EFFECTIVE_MODEL_CHARS),
+    BeforeValidator(_storable_text),
 ]
 
-_PARAMS_CONFIG = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+_PARAMS_CONFIG = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False, strict=True)
+
+# Enums may be given by value: a closed set of strings, nothing is coerced.
+_RequesterTypeField = Annotated[RequesterType, Field(strict=False)]
+_StateField = Annotated[TurnState, Field(strict=False)]
 
 PREFLIGHT_FIELDS: tuple[str, ...] = (
     "reserve_tokens",
@@ -140,18 +167,18 @@ PREFLIGHT_FIELDS: tuple[str, ...] = (
 class Turn(BaseModel):
     """One row of ``chat_turns``: immutable; a transition returns a new row."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    id: UUID
-    tenant_id: UUID
-    chat_id: UUID
-    request_id: UUID
-    requester_type: RequesterType
-    requester_user_id: UUID | None
-    state: TurnState
+    id: Id
+    tenant_id: Id
+    chat_id: Id
+    request_id: Id
+    requester_type: _RequesterTypeField
+    requester_user_id: Id | None
+    state: _StateField
     provider_name: str | None = None
     provider_response_id: str | None = None
-    assistant_message_id: UUID | None = None
+    assistant_message_id: Id | None = None
     error_code: str | None = None
     error_detail: str | None = None
     reserve_tokens: int | None = None
@@ -160,12 +187,12 @@ class Turn(BaseModel):
     policy_version_applied: int | None = None
     effective_model: str | None = None
     minimal_generation_floor_applied: int | None = None
-    web_search_enabled: bool = False
+    web_search_enabled: ExactBool = False
     web_search_completed_count: int = 0
     code_interpreter_completed_count: int = 0
     file_search_completed_count: int = 0
     deleted_at: datetime | None = None
-    replaced_by_request_id: UUID | None = None
+    replaced_by_request_id: Id | None = None
     started_at: datetime
     last_progress_at: datetime | None
     completed_at: datetime | None = None
@@ -212,12 +239,12 @@ class CreateTurnParams(BaseModel):
 
     model_config = _PARAMS_CONFIG
 
-    id: UUID
-    tenant_id: UUID
-    chat_id: UUID
-    request_id: UUID
-    requester_type: RequesterType
-    requester_user_id: UUID | None = None
+    id: Id
+    tenant_id: Id
+    chat_id: Id
+    request_id: Id
+    requester_type: _RequesterTypeField
+    requester_user_id: Id | None = None
     provider_name: ProviderName | None = None
     reserve_tokens: NonNegInt8 | None = None
     max_output_tokens_applied: NonNegInt4 | None = None
@@ -225,7 +252,7 @@ class CreateTurnParams(BaseModel):
     policy_version_applied: NonNegInt8 | None = None
     effective_model: EffectiveModel | None = None
     minimal_generation_floor_applied: NonNegInt4 | None = None
-    web_search_enabled: bool = False
+    web_search_enabled: ExactBool = False
 
     @model_validator(mode="after")
     def _rules(self) -> CreateTurnParams:
@@ -250,11 +277,11 @@ class CasTerminalParams(BaseModel):
 
     model_config = _PARAMS_CONFIG
 
-    turn_id: UUID
-    state: TurnState
+    turn_id: Id
+    state: _StateField
     error_code: ErrorCode | None = None
-    error_detail: Text | None = None
-    assistant_message_id: UUID | None = None
+    error_detail: ErrorDetail | None = None
+    assistant_message_id: Id | None = None
     provider_response_id: ProviderResponseId | None = None
 
     @model_validator(mode="after")
@@ -276,8 +303,8 @@ class CasCompleteParams(BaseModel):
 
     model_config = _PARAMS_CONFIG
 
-    turn_id: UUID
-    assistant_message_id: UUID
+    turn_id: Id
+    assistant_message_id: Id
     provider_response_id: ProviderResponseId | None = None
 
 
@@ -286,7 +313,7 @@ class UpdatePreflightParams(BaseModel):
 
     model_config = _PARAMS_CONFIG
 
-    turn_id: UUID
+    turn_id: Id
     reserve_tokens: NonNegInt8
     max_output_tokens_applied: NonNegInt4
     reserved_credits_micro: NonNegInt8
@@ -300,38 +327,13 @@ class UpdatePreflightParams(BaseModel):
         return self
 
 
-# ---- argument checks of the repository methods, shared by both backends so that a bad
-# argument gets the same InvalidParameterError, with the same message, everywhere.
+# ---- the argument check of a method taking a turn (the others: turnstore.validation)
 
 
-def check_instance(name: str, value: object, kind: type, kind_name: str | None = None) -> None:
-    """Refuse ``value`` unless it is a ``kind``."""
-    if not isinstance(value, kind):
-        raise InvalidParameterError(
-            f"{name} must be a {kind_name or kind.__name__}, got {type(value).__name__}"
-        )
-
-
-def check_uuid(name: str, value: object) -> None:
-    """Refuse an id that is not a ``uuid.UUID`` (a string is refused too)."""
-    if not isinstance(value, UUID):
-        raise InvalidParameterError(f"{name} must be a uuid.UUID, got {type(value).__name__}")
-
-
-def check_scope(scope: object) -> None:
-    """Refuse a scope that is not an ``AccessScope``."""
-    if not isinstance(scope, AccessScope):
-        raise InvalidParameterError(f"scope must be an AccessScope, got {type(scope).__name__}")
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParameterError(f"{name} must be an int in [{low}, {high}], got {value!r}")
-
-
-def validate_orphan_args(timeout_secs: object, limit: object | None = None) -> None:
-    """The scalar rules of the orphan methods: ``0 <= timeout_secs <= 2**31 - 1`` and
-    ``1 <= limit <= 2**31 - 1``, ints (not bools). Raises ``InvalidParameterError``."""
-    _check_int("timeout_secs", timeout_secs, 0, INT4_MAX)
-    if limit is not None:
-        _check_int("limit", limit, 1, INT4_MAX)
+def check_turn(name: str, value: object) -> None:
+    """Refuse anything but a ``Turn`` whose ids are ``uuid.UUID`` objects (a ``Turn`` built
+    with ``model_construct`` is not validated): ``InvalidParameterError``."""
+    check_instance(name, value, Turn)
+    assert isinstance(value, Turn)
+    for field in ("id", "tenant_id", "chat_id", "request_id"):
+        check_uuid(f"{name}.{field}", getattr(value, field, None))

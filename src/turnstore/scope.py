@@ -6,6 +6,11 @@ properties are ``owner_tenant_id`` (column ``tenant_id``) and ``id`` (column ``i
 constraint that names any other property matches nothing (fails closed). The default
 scope, ``AccessScope()``, is deny-all.
 
+Every model here is strict (docs/security.md, *What a scope guarantees*): ids are
+``uuid.UUID`` objects and ``unrestricted`` is a real ``bool``, even when a caller asks
+pydantic for lax validation; only JSON text (``model_validate_json``) may give ids as UUID
+strings. ``"yes"``, ``1`` or ``"true"`` never make a scope unrestricted.
+
 ``permits`` is the pure reference semantics; the PostgreSQL backend compiles the same
 structure to a WHERE clause with bound parameters, and the in-memory fake calls ``permits``.
 """
@@ -14,10 +19,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from turnstore.errors import InvalidParameterError
+from turnstore.validation import ExactBool, Id, check_instance
 
 __all__ = [
     "PROPERTY_COLUMNS",
@@ -26,6 +42,7 @@ __all__ = [
     "ScopeConstraint",
     "ScopeFilter",
     "ScopedRow",
+    "check_scope",
 ]
 
 #: The scope properties turnstore knows, and the ``chat_turns`` column each one reads.
@@ -42,6 +59,14 @@ class ScopedRow(Protocol):
     def tenant_id(self) -> UUID: ...
 
 
+def _list_as_tuple(value: object) -> object:
+    """Strict mode takes only tuples for a tuple field; a list is the same sequence."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+_Ids = Annotated[tuple[Id, ...], BeforeValidator(_list_as_tuple)]
+
+
 class FilterOp(str, Enum):
     EQ = "eq"
     IN = "in"
@@ -51,11 +76,12 @@ class ScopeFilter(BaseModel):
     """``name = value`` (``op=eq``, one value) or ``name IN (values)``, where ``name`` is a
     scope property such as ``owner_tenant_id``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     name: str = Field(min_length=1)
-    op: FilterOp
-    values: tuple[UUID, ...]
+    # The operator may be given by its value ("eq", "in"): a closed set, nothing to coerce.
+    op: Annotated[FilterOp, Field(strict=False)]
+    values: _Ids
 
     @model_validator(mode="after")
     def _eq_has_one_value(self) -> ScopeFilter:
@@ -88,9 +114,11 @@ class ScopeConstraint(BaseModel):
     """An AND of filters. It must name at least one filter: an empty AND would match
     everything, which is what ``AccessScope.allow_all()`` is for."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    filters: tuple[ScopeFilter, ...] = Field(min_length=1)
+    filters: Annotated[tuple[ScopeFilter, ...], BeforeValidator(_list_as_tuple)] = Field(
+        min_length=1
+    )
 
     def __init__(self, filters: Iterable[ScopeFilter] | None = None, /, **data: Any) -> None:
         # Positional for callers; by keyword for pydantic itself, which calls this
@@ -113,13 +141,35 @@ class ScopeConstraint(BaseModel):
         return True
 
 
+def _parse_json_ids(constraint: object) -> object:
+    """A constraint decoded from JSON, with each filter's UUID strings parsed."""
+    if not isinstance(constraint, dict) or not isinstance(constraint.get("filters"), list):
+        return constraint
+    filters = []
+    for f in constraint["filters"]:
+        if isinstance(f, dict) and isinstance(f.get("values"), list):
+            f = {**f, "values": [UUID(v) if isinstance(v, str) else v for v in f["values"]]}
+        filters.append(f)
+    return {**constraint, "filters": filters}
+
+
 class AccessScope(BaseModel):
     """An OR of constraints, or unrestricted. ``AccessScope()`` permits nothing."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    constraints: tuple[ScopeConstraint, ...] = ()
-    unrestricted: bool = False
+    constraints: Annotated[tuple[ScopeConstraint, ...], BeforeValidator(_list_as_tuple)] = ()
+    unrestricted: ExactBool = False
+
+    @field_validator("constraints", mode="before")
+    @classmethod
+    def _ids_from_json(cls, value: object, info: ValidationInfo) -> object:
+        """From JSON text, filter values are UUID strings: parse them here, because
+        ``ScopeConstraint`` (which has an ``__init__`` of its own) validates its filters as
+        Python objects, where a string is refused."""
+        if info.mode != "json" or not isinstance(value, list):
+            return value
+        return [_parse_json_ids(constraint) for constraint in value]
 
     @classmethod
     def allow_all(cls) -> AccessScope:
@@ -167,3 +217,11 @@ class AccessScope(BaseModel):
             if constraint.matches(turn):
                 return True
         return False
+
+
+def check_scope(scope: object) -> None:
+    """Refuse a scope that is not an ``AccessScope``, or one whose ``unrestricted`` is not a
+    real bool (an unvalidated ``model_construct``): ``InvalidParameterError``."""
+    check_instance("scope", scope, AccessScope)
+    if type(scope.unrestricted) is not bool:  # type: ignore[attr-defined]
+        raise InvalidParameterError("scope.unrestricted must be a bool")

@@ -4,6 +4,9 @@ and how long a silent turn may run before the watchdog fails it.
 They live together because they bound each other: a keep-alive interval must stay at most
 a third of the watchdog's orphan timeout (``KeepAliveSettings.for_watchdog`` derives one
 from the other).
+
+Both models are strict: an int field takes an ``int`` (not a bool, float or string), a
+seconds field an ``int`` or a finite ``float`` (not a bool), a bool field a ``bool``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from turnstore.validation import ExactBool, Number
 
 __all__ = [
     "DEFAULT_ORPHAN_TIMEOUT_SECS",
@@ -41,10 +46,10 @@ class WatchdogSettings(BaseModel):
       for the next scan, oldest first.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
-    scan_interval_secs: float = Field(default=60.0, gt=0, le=MAX_ORPHAN_TIMEOUT_SECS)
+    scan_interval_secs: Number = Field(default=60.0, gt=0, le=MAX_ORPHAN_TIMEOUT_SECS)
     batch_limit: int = Field(default=100, strict=True, ge=1, le=10_000)
 
 
@@ -60,11 +65,11 @@ class KeepAliveSettings(BaseModel):
     writes, and a stream that stops producing chunks becomes an orphan.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
-    interval_secs: float = Field(default=30.0, gt=0)
+    interval_secs: Number = Field(default=30.0, gt=0)
     orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
-    heartbeat: bool = True
+    heartbeat: ExactBool = True
 
     @classmethod
     def for_watchdog(

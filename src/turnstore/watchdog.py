@@ -36,6 +36,7 @@ from turnstore.settings import (
     OrphanTimeoutSecs,
     WatchdogSettings,
 )
+from turnstore.validation import check_callable, check_instance
 
 __all__ = [
     "DEFAULT_ORPHAN_TIMEOUT_SECS",
@@ -109,6 +110,12 @@ class OrphanWatchdog(Generic[RunnerT]):
         election: LeaderElection | None = None,
     ) -> None:
         # No election given: the store's own (``TurnStore.leader_election``).
+        if settings is not None:
+            check_instance("settings", settings, WatchdogSettings)
+        if settlement_hook is not None:
+            check_callable("settlement_hook", settlement_hook)
+        if metrics is not None:
+            check_instance("metrics", metrics, WatchdogMetrics)
         self._store = store
         self._settings = settings if settings is not None else WatchdogSettings()
         self._hook = settlement_hook

@@ -30,6 +30,7 @@ from turnstore.cli._common import (
     CommandError,
     Run,
     UsageError,
+    check_argv,
     format_table,
     one_line,
 )
@@ -61,8 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 store error, 2 usage)."""
     parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        check_argv(arguments)
+    except UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"turnstore: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="turnstore: %(levelname)s: %(message)s")

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from typing import TextIO, TypeAlias
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 from turnstore._console import CONNECT_TIMEOUT_SECS, connect, format_table, one_line, open_store
+from turnstore.errors import InvalidParameterError
+from turnstore.postgres.store import check_dsn
+from turnstore.validation import check_schema_name
 
 __all__ = [
     "Commands",
@@ -28,7 +29,9 @@ __all__ = [
     "add_command",
     "add_dsn",
     "add_schema",
+    "check_argv",
     "connect",
+    "decimal_int",
     "dsn_argument",
     "format_table",
     "one_line",
@@ -48,8 +51,9 @@ EXIT_STORE_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-#: PostgreSQL truncates longer identifiers, which would silently rename the schema.
-_MAX_IDENTIFIER_BYTES = 63
+#: An int argument: ASCII digits only (``int()`` would also take " 60", "6_0" and other
+#: scripts' digits), at most 10 of them.
+_DECIMAL_INT = re.compile(r"-?[0-9]{1,10}")
 
 #: A command: parsed arguments and where to print, to an exit code.
 Run = Callable[[argparse.Namespace, TextIO], int]
@@ -74,14 +78,34 @@ def add_command(commands: Commands, name: str, help: str, run: Run) -> argparse.
     return parser
 
 
+def check_argv(argv: list[str]) -> None:
+    """Refuse an argument holding a byte the locale could not decode (Python passes it on
+    as a lone surrogate, which no PostgreSQL text can hold) or a NUL."""
+    for position, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"argument {position} is not valid text (an undecodable byte?)"
+            ) from None
+        if "\x00" in arg:
+            raise UsageError(f"argument {position} holds a NUL character")
+
+
 def _schema_name(value: str) -> str:
-    if not value or "\x00" in value:
+    if not value:
         raise argparse.ArgumentTypeError("a schema name must be non-empty text")
-    if len(value.encode("utf-8")) > _MAX_IDENTIFIER_BYTES:
-        raise argparse.ArgumentTypeError(
-            f"schema name {value!r} is longer than PostgreSQL's {_MAX_IDENTIFIER_BYTES} bytes"
-        )
-    return value
+    try:
+        return check_schema_name(value, "schema name")
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def decimal_int(value: str) -> int:
+    """An argparse ``type``: an int written in ASCII digits."""
+    if _DECIMAL_INT.fullmatch(value) is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value[:40]!r}")
+    return int(value)
 
 
 def add_dsn(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -100,10 +124,11 @@ def dsn_argument(args: argparse.Namespace, *, from_env: bool = True) -> str | No
     if dsn is None and from_env:
         dsn = os.environ.get(ENV_DSN) or None
     if dsn is not None:
+        source = "--dsn" if args.dsn is not None else f"${ENV_DSN}"
         try:
-            conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError as exc:
-            raise UsageError(f"invalid DSN: {one_line(exc)}") from exc
+            check_dsn(dsn, source)
+        except InvalidParameterError as exc:
+            raise UsageError(f"invalid DSN: {one_line(exc)}") from None
     return dsn
 
 

@@ -20,6 +20,7 @@ from turnstore.cli._common import (
     add_dsn,
     add_schema,
     connect,
+    decimal_int,
     format_table,
     open_store,
     required_dsn,
@@ -49,14 +50,14 @@ def add_parser(commands: Commands) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=int,
+        type=decimal_int,
         default=DEFAULT_ORPHAN_TIMEOUT_SECS,
         metavar="SECONDS",
         help="silence after which a running turn is an orphan (60..3600, default %(default)s)",
     )
     p.add_argument(
         "--limit",
-        type=int,
+        type=decimal_int,
         default=100,
         metavar="N",
         help="at most this many turns per scan (default %(default)s)",

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from turnstore._compat_async import spawn, wait_tasks
 from turnstore.errors import InvalidParameterError
+from turnstore.validation import check_schema_name
 
 __all__ = [
     "DEFAULT_LEADER_CHECK_TIMEOUT_SECS",
@@ -57,6 +58,7 @@ DEFAULT_LEADER_CHECK_TIMEOUT_SECS = 10.0
 def advisory_lock_key(schema: str) -> int:
     """The advisory lock key of the watchdog of one schema: a stable signed 64-bit hash,
     so two schemas in one database elect their watchdogs independently."""
+    check_schema_name(schema)
     digest = hashlib.blake2b(f"turnstore.watchdog:{schema}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 

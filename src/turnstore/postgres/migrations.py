@@ -23,6 +23,7 @@ from turnstore.errors import MigrationError, SchemaMismatchError
 from turnstore.postgres import statements as q
 from turnstore.postgres.errors import driver_errors, translate
 from turnstore.postgres.statements import DEFAULT_SCHEMA
+from turnstore.validation import check_schema_name
 
 __all__ = [
     "Migration",
@@ -102,6 +103,7 @@ def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
     It creates the schema, sets ``search_path`` to it, runs every migration, and records
     them in ``schema_migrations`` so ``check_schema`` reports the database as current.
     """
+    check_schema_name(schema)
     table = _version_table(schema)
     header = sql.SQL(q.SCRIPT_HEADER.strip()).format(schema=sql.Identifier(schema))
     parts = [header.as_string(None), ""]
@@ -144,6 +146,7 @@ async def check_schema(conn: Connection, schema: str = DEFAULT_SCHEMA) -> Schema
     Reads only the version table, so it needs no DDL rights; a missing table (or schema)
     means nothing is applied. Safe inside the caller's transaction: nothing here fails.
     """
+    check_schema_name(schema)
     files = migration_files()
     with driver_errors:
         cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
@@ -162,6 +165,7 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
     waits, then finds nothing to do. Refuses with ``MigrationError``, applying nothing, when
     an applied file's checksum changed or a recorded version has no file.
     """
+    check_schema_name(schema)
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise MigrationError(
             "migrate() needs a connection outside any transaction: each migration runs in "

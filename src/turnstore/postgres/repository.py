@@ -21,7 +21,6 @@ from psycopg.rows import RowMaker
 from turnstore import rules
 from turnstore.errors import (
     GenerationInProgressError,
-    InvalidParameterError,
     TurnNotFoundError,
 )
 from turnstore.model import (
@@ -44,6 +43,7 @@ from turnstore.postgres.scope import SCOPE_CACHE_SIZE, CompiledScope, ScopedStat
 from turnstore.postgres.statements import DEFAULT_SCHEMA, TURN_COLUMNS, render, render_scoped
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
+from turnstore.validation import check_optional_uuid, check_schema_name
 
 __all__ = ["PostgresTurnRepository"]
 
@@ -104,9 +104,7 @@ class PostgresTurnRepository:
     )
 
     def __init__(self, schema: str = DEFAULT_SCHEMA) -> None:
-        if not isinstance(schema, str) or not schema or "\x00" in schema:
-            raise InvalidParameterError(f"schema must be a non-empty name, got {schema!r}")
-        self.schema = schema
+        self.schema = check_schema_name(schema)
         self._insert = render(q.INSERT_TURN, schema)
         self._classify = render_scoped(q.CLASSIFY_CONFLICT, schema)
         self._find_by_request = render_scoped(q.FIND_BY_REQUEST, schema)
@@ -296,8 +294,7 @@ class PostgresTurnRepository:
         replaced_by_request_id: UUID | None,
     ) -> None:
         check_uuid("turn_id", turn_id)
-        if replaced_by_request_id is not None:
-            check_uuid("replaced_by_request_id", replaced_by_request_id)
+        check_optional_uuid("replaced_by_request_id", replaced_by_request_id)
         head = (replaced_by_request_id, turn_id)
         if await self._count(runner, self._soft_delete, scope, head) == 0:
             raise TurnNotFoundError(turn_id)

@@ -18,9 +18,10 @@ from typing import Generic
 from uuid import UUID
 
 from turnstore._compat_sync import Task, sleep, spawn, wait_tasks
-from turnstore.scope import AccessScope
+from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.sync.repository import RunnerT, TurnStore
+from turnstore.validation import check_callable, check_instance, check_uuid
 
 __all__ = ["KeepAlive"]
 logger = logging.getLogger("turnstore.lifecycle")
@@ -45,6 +46,10 @@ class KeepAlive(Generic[RunnerT]):
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        check_scope(scope)
+        check_uuid("turn_id", turn_id)
+        check_instance("settings", settings, KeepAliveSettings)
+        check_callable("clock", clock)
         self._store = store
         self._turns = store.turns
         self._scope = scope

@@ -40,12 +40,14 @@ from turnstore.model import (
     RequesterType,
     Turn,
     TurnState,
+    check_turn,
 )
 from turnstore.rules import StartDecision, decide_start, mutation_rejection
-from turnstore.scope import AccessScope
+from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.sync.keepalive import KeepAlive
 from turnstore.sync.repository import RunnerT, TurnRepository, TurnStore
+from turnstore.validation import check_callable, check_instance, check_optional_uuid, check_uuid
 
 __all__ = [
     "FinalizeHook",
@@ -83,6 +85,22 @@ FinalizeHook = Callable[[RunnerT, Turn], None]
 MutationHook = Callable[[RunnerT, MutationResult], None]
 
 
+def _check_optional(name: str, value: object, kind: type) -> None:
+    if value is not None:
+        check_instance(name, value, kind)
+
+
+def _check_hook(hook: object) -> None:
+    if hook is not None:
+        check_callable("hook", hook)
+
+
+def _check_finalize(scope: object, turn: object, hook: object) -> None:
+    check_scope(scope)
+    check_turn("turn", turn)
+    _check_hook(hook)
+
+
 class TurnLifecycle(Generic[RunnerT]):
     """The lifecycle rules of docs/design.md over one ``TurnStore``.
 
@@ -90,11 +108,15 @@ class TurnLifecycle(Generic[RunnerT]):
     host's transaction, if the host opened one) and the host commits or rolls back; when
     omitted, the method opens what it needs from the store (a transaction where several
     statements must be atomic, an autocommit connection where one statement is enough).
+
+    Every method checks its arguments before any statement runs (``_check_args``): a wrong
+    type is an ``InvalidParameterError`` naming the argument, and nothing is written.
     """
 
     def __init__(
         self, store: TurnStore[RunnerT], *, keep_alive: KeepAliveSettings | None = None
     ) -> None:
+        _check_optional("keep_alive", keep_alive, KeepAliveSettings)
         self._store = store
         self._keep_alive = keep_alive if keep_alive is not None else KeepAliveSettings()
 
@@ -127,6 +149,8 @@ class TurnLifecycle(Generic[RunnerT]):
         ``request_id_conflict``), even while another turn runs; only then
         ``generation_in_progress``.
         """
+        check_scope(scope)
+        check_instance("params", params, CreateTurnParams)
         with self._on(runner, atomic=False) as run:
             refused: GenerationInProgressError | None = None
             for _ in range(_START_ATTEMPTS):
@@ -167,6 +191,7 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> KeepAlive[RunnerT]:
         """A ``KeepAlive`` for one running turn (see ``KeepAlive``); ``clock`` is the
         monotonic clock that paces the writes."""
+        _check_optional("settings", settings, KeepAliveSettings)
         return KeepAlive(self._store, scope, turn_id, settings or self._keep_alive, clock=clock)
 
     def complete_turn(
@@ -181,6 +206,7 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> FinalizeOutcome:
         """CAS ``running -> completed``; the assistant message id is required, because a
         completed turn must be replayable."""
+        _check_finalize(scope, turn, hook)
         params = CasCompleteParams(
             turn_id=turn.id,
             assistant_message_id=assistant_message_id,
@@ -202,7 +228,9 @@ class TurnLifecycle(Generic[RunnerT]):
         hook: FinalizeHook[RunnerT] | None = None,
         runner: RunnerT | None = None,
     ) -> FinalizeOutcome:
-        """CAS ``running -> failed`` with an error code (1..64 chars) and optional detail."""
+        """CAS ``running -> failed`` with an error code (1..64 chars) and optional detail
+        (at most 16384 chars); a longer one is a ``pydantic.ValidationError``."""
+        _check_finalize(scope, turn, hook)
         params = CasTerminalParams(
             turn_id=turn.id,
             state=TurnState.FAILED,
@@ -221,6 +249,7 @@ class TurnLifecycle(Generic[RunnerT]):
         runner: RunnerT | None = None,
     ) -> FinalizeOutcome:
         """CAS ``running -> cancelled``, linking the partial answer's message if one was kept."""
+        _check_finalize(scope, turn, hook)
         params = CasTerminalParams(
             turn_id=turn.id, state=TurnState.CANCELLED, assistant_message_id=partial_message_id
         )
@@ -319,6 +348,12 @@ class TurnLifecycle(Generic[RunnerT]):
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
     ) -> MutationResult:
+        check_scope(scope)
+        check_uuid("chat_id", chat_id)
+        check_uuid("request_id", request_id)
+        check_optional_uuid("actor_user_id", actor_user_id)
+        check_optional_uuid("new_turn_id", new_turn_id)
+        _check_hook(hook)
         with self._on(runner, atomic=True) as run:
             latest = self.turns.find_latest_for_update(run, _WHOLE_CHAT, chat_id)
             if latest is not None and latest.request_id == request_id and scope.permits(latest):

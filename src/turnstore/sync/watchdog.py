@@ -36,6 +36,7 @@ from turnstore.settings import (
 )
 from turnstore.sync.election import LeaderElection
 from turnstore.sync.repository import RunnerT, TurnStore
+from turnstore.validation import check_callable, check_instance
 from turnstore.watchdog import SweepReport, WatchdogMetrics
 
 __all__ = [
@@ -69,6 +70,12 @@ class OrphanWatchdog(Generic[RunnerT]):
         metrics: WatchdogMetrics | None = None,
         election: LeaderElection | None = None,
     ) -> None:
+        if settings is not None:
+            check_instance("settings", settings, WatchdogSettings)
+        if settlement_hook is not None:
+            check_callable("settlement_hook", settlement_hook)
+        if metrics is not None:
+            check_instance("metrics", metrics, WatchdogMetrics)
         self._store = store
         self._settings = settings if settings is not None else WatchdogSettings()
         self._hook = settlement_hook

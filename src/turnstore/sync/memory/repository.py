@@ -46,6 +46,7 @@ from turnstore.sync.memory.connection import (
     statement,
 )
 from turnstore.sync.memory.database import Database, Transaction
+from turnstore.validation import check_optional_uuid
 
 __all__ = ["InMemoryTurnRepository"]
 
@@ -198,8 +199,7 @@ class InMemoryTurnRepository:
         replaced_by_request_id: UUID | None,
     ) -> None:
         check_uuid("turn_id", turn_id)
-        if replaced_by_request_id is not None:
-            check_uuid("replaced_by_request_id", replaced_by_request_id)
+        check_optional_uuid("replaced_by_request_id", replaced_by_request_id)
         check_scope(scope)
 
         def first_delete_only(turn: Turn, now: datetime) -> dict[str, object]:

@@ -28,6 +28,7 @@ from turnstore.postgres.migrations import (
     schema_sql,
 )
 from turnstore.postgres.statements import DEFAULT_SCHEMA
+from turnstore.validation import check_schema_name
 
 __all__ = ["Migration", "SchemaStatus", "check_schema", "migrate", "migration_files", "schema_sql"]
 Connection = psycopg.Connection[Any]
@@ -46,6 +47,7 @@ def check_schema(conn: Connection, schema: str = DEFAULT_SCHEMA) -> SchemaStatus
     Reads only the version table, so it needs no DDL rights; a missing table (or schema)
     means nothing is applied. Safe inside the caller's transaction: nothing here fails.
     """
+    check_schema_name(schema)
     files = migration_files()
     with driver_errors:
         cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
@@ -64,6 +66,7 @@ def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
     waits, then finds nothing to do. Refuses with ``MigrationError``, applying nothing, when
     an applied file's checksum changed or a recorded version has no file.
     """
+    check_schema_name(schema)
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise MigrationError(
             "migrate() needs a connection outside any transaction: each migration runs in a transaction of its own (use an autocommit connection, or commit first)"

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 
 from turnstore.errors import InvalidParameterError
 from turnstore.postgres.errors import driver_errors, raise_translated
@@ -26,10 +27,34 @@ from turnstore.sync.postgres.election import (
 )
 from turnstore.sync.postgres.migrations import SchemaStatus, check_schema, migrate
 from turnstore.sync.postgres.repository import PostgresTurnRepository
+from turnstore.validation import (
+    check_bool,
+    check_instance,
+    check_pool_sizes,
+    check_schema_name,
+    check_seconds,
+    check_text,
+)
 
-__all__ = ["PostgresStore"]
+__all__ = ["MAX_OPEN_TIMEOUT_SECS", "PostgresStore", "check_dsn"]
+MAX_OPEN_TIMEOUT_SECS = 86400.0
+_MAX_DSN_CHARS = 8192
 Connection = psycopg.Connection[Any]
 Pool = psycopg_pool.ConnectionPool[Any]
+
+
+def check_dsn(dsn: object, name: str = "dsn") -> str:
+    """A DSN psycopg can read: text with no NUL and no lone surrogate (an undecodable byte
+    of the environment or the command line), in libpq's syntax. ``InvalidParameterError``
+    otherwise, before any connection is tried."""
+    check_text(name, dsn, max_chars=_MAX_DSN_CHARS, min_chars=0)
+    assert isinstance(dsn, str)
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        message = " ".join(str(exc).split())
+        raise InvalidParameterError(f"{name} is not a valid connection string: {message}") from exc
+    return dsn
 
 
 class _AutocommitConnection(AbstractContextManager[Connection]):
@@ -96,6 +121,10 @@ class PostgresStore:
         dsn: str | None = None,
         owns_pool: bool = False,
     ) -> None:
+        check_instance("pool", pool, psycopg_pool.ConnectionPool, "psycopg_pool.ConnectionPool")
+        if dsn is not None:
+            check_dsn(dsn)
+        check_bool("owns_pool", owns_pool)
         self._pool = pool
         self._dsn = dsn
         self._owns_pool = owns_pool
@@ -120,7 +149,17 @@ class PostgresStore:
         ``verify_schema()`` once, so an app that does not migrate itself fails at start
         instead of on its first call; on failure the pool is closed before the error
         propagates.
+
+        Every argument is checked first (``InvalidParameterError``, nothing opened): ``dsn``
+        text in libpq's syntax, ``schema`` a name PostgreSQL keeps as given
+        (``check_schema_name``), ``0 <= min_size`` and ``max(1, min_size) <= max_size``
+        (ints, at most 10000), ``timeout`` a finite number of seconds in (0, 86400].
         """
+        check_dsn(dsn)
+        check_schema_name(schema)
+        check_pool_sizes(min_size, max_size)
+        check_seconds("timeout", timeout, MAX_OPEN_TIMEOUT_SECS)
+        check_bool("verify_schema", verify_schema)
         repository = PostgresTurnRepository(schema)
         pool: Pool = psycopg_pool.ConnectionPool(
             dsn,
