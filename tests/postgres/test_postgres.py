@@ -517,8 +517,11 @@ async def test_find_latest_for_update_holds_the_chat_lock_until_the_end(
             (CHAT_LOCK_CLASS, chat, conn.info.backend_pid),
         )
         assert await cur.fetchone() == (1,)
+    # pg_locks is server-wide: count this database's chat locks only, so other databases
+    # on a shared server cannot make this fail.
     cur = await other.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (CHAT_LOCK_CLASS,),
     )
     assert await cur.fetchone() == (0,)

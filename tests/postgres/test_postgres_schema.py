@@ -343,7 +343,8 @@ async def test_failing_migration_records_nothing_and_releases_the_lock(
     assert not await _relation_exists(empty_conn, "turnstore", "half")
     assert (await check_schema(empty_conn)).pending == (pgm.migration_files()[-1].version,)
     cur = await empty_conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         (MIGRATION_LOCK_CLASS,),
     )
     assert await cur.fetchone() == (0,)
