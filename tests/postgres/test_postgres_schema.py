@@ -170,28 +170,34 @@ async def test_primary_key_refuses_a_second_id(raw: Conn) -> None:
     assert info.value.diag.constraint_name == "chat_turns_pkey"
 
 
-async def test_request_key_is_unique_per_chat_deleted_turns_included(raw: Conn) -> None:
+async def test_request_key_is_unique_per_tenant_chat_deleted_turns_included(raw: Conn) -> None:
     row = _row(**_TERMINAL, deleted_at="2026-01-01T00:00:02Z")
     await _insert(raw, row)
     await _insert(raw, _row(request_id=row["request_id"]))  # another chat: fine
+    # Another tenant's chat with the same id: fine.
+    await _insert(raw, _row(chat_id=row["chat_id"], request_id=row["request_id"]))
     with pytest.raises(psycopg.errors.UniqueViolation) as info:
-        await _insert(raw, _row(chat_id=row["chat_id"], request_id=row["request_id"]))
-    assert info.value.diag.constraint_name == "chat_turns_chat_request_key"
+        await _insert(
+            raw,
+            _row(tenant_id=row["tenant_id"], chat_id=row["chat_id"], request_id=row["request_id"]),
+        )
+    assert info.value.diag.constraint_name == "chat_turns_tenant_chat_request_key"
 
 
-async def test_one_running_turn_per_chat(raw: Conn) -> None:
-    chat = uuid.uuid4()
-    await _insert(raw, _row(chat_id=chat))
+async def test_one_running_turn_per_tenant_chat(raw: Conn) -> None:
+    tenant, chat = uuid.uuid4(), uuid.uuid4()
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat))
+    await _insert(raw, _row(chat_id=chat))  # another tenant's chat with the same id: fine
     with pytest.raises(psycopg.errors.UniqueViolation) as info:
-        await _insert(raw, _row(chat_id=chat))
-    assert info.value.diag.constraint_name == "chat_turns_one_running_per_chat"
+        await _insert(raw, _row(tenant_id=tenant, chat_id=chat))
+    assert info.value.diag.constraint_name == "chat_turns_one_running_per_tenant_chat"
 
 
 async def test_running_index_ignores_deleted_and_terminal_turns(raw: Conn) -> None:
-    chat = uuid.uuid4()
-    await _insert(raw, _row(chat_id=chat, deleted_at="2026-01-01T00:00:02Z"))
-    await _insert(raw, _row(chat_id=chat, **_TERMINAL))
-    await _insert(raw, _row(chat_id=chat))  # the one live running turn
+    tenant, chat = uuid.uuid4(), uuid.uuid4()
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat, deleted_at="2026-01-01T00:00:02Z"))
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat, **_TERMINAL))
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat))  # the one live running turn
     cur = await raw.execute("SELECT count(*) FROM turnstore.chat_turns WHERE chat_id = %s", (chat,))
     assert await cur.fetchone() == (3,)
 
@@ -414,7 +420,8 @@ async def test_open_verify_schema_refuses_an_empty_database_and_closes_its_pool(
     error = info.value
     assert (error.code, error.schema) == ("schema_mismatch", "turnstore")
     assert (error.pending, error.changed, error.unknown) == (versions, (), ())
-    assert str(error) == "schema 'turnstore' is not current (pending: 0001)"
+    pending = ", ".join(f"{v:04d}" for v in versions)
+    assert str(error) == f"schema 'turnstore' is not current (pending: {pending})"
     assert len(opened_pools) == 1
     assert opened_pools[0].closed
     assert not await _relation_exists(empty_conn, "turnstore", "schema_migrations")
@@ -436,7 +443,8 @@ async def test_verify_schema_names_what_differs(
 ) -> None:
     await migrate(empty_conn, schema=ODD_SCHEMA)
     async with await PostgresStore.open(empty_dsn, schema=ODD_SCHEMA, verify_schema=True) as store:
-        assert (await store.verify_schema()).applied == (1,)
+        versions = tuple(m.version for m in migration_files())
+        assert (await store.verify_schema()).applied == versions
         table = sql.Identifier(ODD_SCHEMA, "schema_migrations")
         await empty_conn.execute(sql.SQL(_MISMATCHES[kind]).format(table=table))
         with pytest.raises(SchemaMismatchError) as on_demand:
@@ -493,12 +501,14 @@ async def test_odd_schema_name_works_end_to_end(empty_dsn: str, schema: str) -> 
             created = await turns.create_turn(conn, scope, params)
             with pytest.raises(DuplicateTurnIdError):
                 await turns.create_turn(conn, scope, params)
-            locked = await turns.find_latest_for_update(conn, scope, params.chat_id)
+            locked = await turns.find_latest_for_update(
+                conn, scope, params.tenant_id, params.chat_id
+            )
             assert locked == created
             assert await turns.update_progress_at(conn, scope, params.id) == 1
         async with store.connection() as conn:
             found = await turns.find_by_chat_and_request_id(
-                conn, scope, params.chat_id, params.request_id
+                conn, scope, params.tenant_id, params.chat_id, params.request_id
             )
             assert found is not None
             assert found.id == created.id
@@ -506,8 +516,11 @@ async def test_odd_schema_name_works_end_to_end(empty_dsn: str, schema: str) -> 
             await turns.increment_tool_calls(conn, scope, params.id, ToolCallType.WEB_SEARCH)
             assert await turns.find_orphan_candidates(conn, 0, 10) != []
             assert await turns.cas_finalize_orphan(conn, params.id, 0) == 1
-            assert await turns.find_running_by_chat_id(conn, scope, params.chat_id) is None
-            latest = await turns.find_latest_turn(conn, scope, params.chat_id)
+            assert (
+                await turns.find_running_by_chat_id(conn, scope, params.tenant_id, params.chat_id)
+                is None
+            )
+            latest = await turns.find_latest_turn(conn, scope, params.tenant_id, params.chat_id)
             assert latest is not None
             assert (latest.state, latest.web_search_completed_count) == (TurnState.FAILED, 1)
 
@@ -522,7 +535,7 @@ async def test_odd_schema_name_works_end_to_end(empty_dsn: str, schema: str) -> 
             failed = terminal_params(third, TurnState.FAILED)
             assert await turns.cas_update_state(conn, scope, failed) == 1
             await turns.soft_delete(conn, scope, third.id, None)
-            latest = await turns.find_latest_turn(conn, scope, params.chat_id)
+            latest = await turns.find_latest_turn(conn, scope, params.tenant_id, params.chat_id)
             assert latest is not None
             assert latest.id == second.id
             cur = await conn.execute(
