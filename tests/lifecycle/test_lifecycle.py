@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,7 @@ from turnstore.errors import (
 )
 from turnstore.ids import new_uuid7
 from turnstore.lifecycle import (
+    FinalizeOutcome,
     MutationKind,
     MutationResult,
     RejectReason,
@@ -571,13 +573,13 @@ async def test_finalize_outside_scope_is_not_found(
     turn = await started(lc, chat)
     hook = HookRecorder() if with_hook else None
     foreign = Chat(chat_id=chat.chat_id).scope  # another tenant, the same chat id
-    finalize = {
+    calls: dict[str, Callable[[], Awaitable[FinalizeOutcome]]] = {
         "cancel": lambda: lc.cancel_turn(foreign, turn, hook=hook),
         "complete": lambda: lc.complete_turn(foreign, turn, uuid.uuid4(), hook=hook),
         "fail": lambda: lc.fail_turn(foreign, turn, "provider_error", hook=hook),
-    }[how]
+    }
     with pytest.raises(TurnNotFoundError) as info:
-        await finalize()
+        await calls[how]()
     assert info.value.turn_id == turn.id
     assert hook is None or hook.rows == []
     assert (await reload(turnstore_backend, turn)).state is TurnState.RUNNING
