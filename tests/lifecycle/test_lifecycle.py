@@ -1002,3 +1002,56 @@ async def test_docs_examples_run(turnstore_backend: BackendHarness) -> None:
     ]
     for name in examples:
         await namespace[name](turnstore_backend.store)
+
+
+# --- tenants sharing a chat id: docs/lifecycle.md, Out of scope ----------------------------
+
+
+@pytest.mark.parametrize("mutation", ["delete", "retry", "edit"])
+async def test_another_tenant_cannot_mutate_the_turn_nor_wait_for_its_chat(
+    turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat, mutation: str
+) -> None:
+    """Tenant B names tenant A's chat (A's tenant and chat id, B's scope) while A holds the
+    chat's lock: B gets ``TurnNotFoundError`` at once, neither waiting for A nor changing A's
+    turn; B's own chat with the same id is another chat and is not locked either."""
+    target = await reload(turnstore_backend, await completed(lc, chat))
+    intruder = Chat(chat_id=chat.chat_id, user_id=chat.user_id)
+    call = {"delete": lc.delete_turn, "retry": lc.retry_turn, "edit": lc.edit_turn}[mutation]
+    store = turnstore_backend.store
+    async with store.transaction() as holder:
+        await store.turns.find_latest_for_update(holder, chat.scope, chat.tenant_id, chat.chat_id)
+        for tenant in (chat.tenant_id, intruder.tenant_id):
+            attempt = call(intruder.scope, tenant, chat.chat_id, target.request_id, chat.user_id)
+            with pytest.raises(TurnNotFoundError):
+                await asyncio.wait_for(attempt, timeout=5.0)
+        with pytest.raises(TurnNotFoundError):
+            await asyncio.wait_for(lc.cancel_turn(intruder.scope, target), timeout=5.0)
+    assert await reload(turnstore_backend, target) == target
+
+
+async def test_a_resource_scope_sees_the_chat_through_its_turn(
+    turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
+) -> None:
+    """A scope naming turns sees a chat only through them: naming a turn of another chat
+    it gets "not found" without waiting for this chat's lock; naming this chat's last turn
+    it waits for the lock, then deletes it."""
+    target = await completed(lc, chat)
+    elsewhere = await completed(lc, Chat(tenant_id=chat.tenant_id, user_id=chat.user_id))
+    store = turnstore_backend.store
+    blind = AccessScope.for_resource(elsewhere.id)
+    seer = AccessScope.for_resource(target.id)
+    async with store.transaction() as holder:
+        await store.turns.find_latest_for_update(holder, chat.scope, chat.tenant_id, chat.chat_id)
+        with pytest.raises(TurnNotFoundError):
+            await asyncio.wait_for(
+                lc.delete_turn(
+                    blind, chat.tenant_id, chat.chat_id, target.request_id, chat.user_id
+                ),
+                timeout=5.0,
+            )
+        delete = asyncio.create_task(
+            lc.delete_turn(seer, chat.tenant_id, chat.chat_id, target.request_id, chat.user_id)
+        )
+        await wait_until_blocked(turnstore_backend, delete)
+    result = await asyncio.wait_for(delete, timeout=30.0)
+    assert result.target.id == target.id
