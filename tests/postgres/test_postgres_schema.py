@@ -20,7 +20,9 @@ from psycopg.rows import tuple_row
 import turnstore.postgres.migrations as pgm
 from turnstore import (
     AccessScope,
+    DuplicateRequestError,
     DuplicateTurnIdError,
+    GenerationInProgressError,
     MigrationError,
     SchemaMismatchError,
     ToolCallType,
@@ -36,6 +38,7 @@ from turnstore.postgres import (
     migration_files,
     schema_sql,
 )
+from turnstore.postgres.errors import driver_errors
 from turnstore.testing.conformance import (
     complete_params,
     make_params,
@@ -191,6 +194,26 @@ async def test_one_running_turn_per_tenant_chat(raw: Conn) -> None:
     with pytest.raises(psycopg.errors.UniqueViolation) as info:
         await _insert(raw, _row(tenant_id=tenant, chat_id=chat))
     assert info.value.diag.constraint_name == "chat_turns_one_running_per_tenant_chat"
+
+
+async def test_the_driver_error_boundary_reads_the_tenant_keys(raw: Conn) -> None:
+    """``turnstore.postgres.errors`` maps a unique violation of each key, read off its
+    constraint name and the (tenant_id, chat_id, ...) key in the detail, to its typed
+    error naming the chat."""
+    row = _row()
+    await _insert(raw, row)
+    same_key = _row(
+        tenant_id=row["tenant_id"], chat_id=row["chat_id"], request_id=row["request_id"]
+    )
+    with pytest.raises(DuplicateRequestError) as duplicate, driver_errors:
+        await _insert(raw, {**same_key, **_TERMINAL})
+    assert (duplicate.value.chat_id, duplicate.value.request_id) == (
+        row["chat_id"],
+        row["request_id"],
+    )
+    with pytest.raises(GenerationInProgressError) as running, driver_errors:
+        await _insert(raw, _row(tenant_id=row["tenant_id"], chat_id=row["chat_id"]))
+    assert running.value.chat_id == row["chat_id"]
 
 
 async def test_running_index_ignores_deleted_and_terminal_turns(raw: Conn) -> None:
