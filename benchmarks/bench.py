@@ -200,11 +200,13 @@ async def _create_turn(repo: PostgresTurnRepository, c: Conn, v: Values, user: U
 
 
 async def _find_by_request(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID) -> object:
-    return await repo.find_by_chat_and_request_id(c, _scope(v), v["chat"], v["request"])
+    return await repo.find_by_chat_and_request_id(
+        c, _scope(v), v["tenant"], v["chat"], v["request"]
+    )
 
 
 async def _find_running(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID) -> object:
-    return await repo.find_running_by_chat_id(c, _scope(v), v["chat"])
+    return await repo.find_running_by_chat_id(c, _scope(v), v["tenant"], v["chat"])
 
 
 async def _cas_state(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID) -> object:
@@ -228,7 +230,7 @@ async def _soft_delete(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID
 
 
 async def _find_latest(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID) -> object:
-    return await repo.find_latest_turn(c, _scope(v), v["chat"])
+    return await repo.find_latest_turn(c, _scope(v), v["tenant"], v["chat"])
 
 
 async def _progress(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID) -> object:
@@ -244,7 +246,7 @@ async def _finalize_orphan(repo: PostgresTurnRepository, c: Conn, v: Values, _: 
 
 
 async def _latest_for_update(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID) -> object:
-    return await repo.find_latest_for_update(c, _scope(v), v["chat"])
+    return await repo.find_latest_for_update(c, _scope(v), v["tenant"], v["chat"])
 
 
 async def _preflight(repo: PostgresTurnRepository, c: Conn, v: Values, _: UUID) -> object:

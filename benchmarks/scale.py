@@ -65,8 +65,11 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
     """For each repository method: (writes?, a call with realistic parameters for round i)."""
     rng = random.Random(7)
 
+    def tenant_of(chat: int) -> uuid.UUID:
+        return data.tenant_ids[data.chat_tenant[chat]]
+
     def tenant_scope(chat: int) -> AccessScope:
-        return AccessScope.for_tenant(data.tenant_ids[data.chat_tenant[chat]])
+        return AccessScope.for_tenant(tenant_of(chat))
 
     def sample(i: int) -> tuple[int, uuid.UUID, uuid.UUID]:
         return data.sample_turns[i % len(data.sample_turns)]
@@ -98,12 +101,14 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
     async def find_by_chat_and_request_id(conn: Conn, i: int) -> object:
         chat, _, req = sample(i)
         return await repo.find_by_chat_and_request_id(
-            conn, tenant_scope(chat), data.chat_ids[chat], req
+            conn, tenant_scope(chat), tenant_of(chat), data.chat_ids[chat], req
         )
 
     async def find_running_by_chat_id(conn: Conn, i: int) -> object:
         chat = running(i)[0]
-        return await repo.find_running_by_chat_id(conn, tenant_scope(chat), data.chat_ids[chat])
+        return await repo.find_running_by_chat_id(
+            conn, tenant_scope(chat), tenant_of(chat), data.chat_ids[chat]
+        )
 
     async def cas_update_state(conn: Conn, i: int) -> object:
         chat, turn_id, _ = running(i)
@@ -127,7 +132,9 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
 
     async def find_latest_turn(conn: Conn, i: int) -> object:
         chat = rng.randrange(len(data.chat_ids))
-        return await repo.find_latest_turn(conn, tenant_scope(chat), data.chat_ids[chat])
+        return await repo.find_latest_turn(
+            conn, tenant_scope(chat), tenant_of(chat), data.chat_ids[chat]
+        )
 
     async def update_progress_at(conn: Conn, i: int) -> object:
         chat, turn_id, _ = running(i)
@@ -141,7 +148,9 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
 
     async def find_latest_for_update(conn: Conn, i: int) -> object:
         chat = rng.randrange(len(data.chat_ids))
-        return await repo.find_latest_for_update(conn, tenant_scope(chat), data.chat_ids[chat])
+        return await repo.find_latest_for_update(
+            conn, tenant_scope(chat), tenant_of(chat), data.chat_ids[chat]
+        )
 
     async def update_preflight_fields(conn: Conn, i: int) -> object:
         chat, turn_id, _ = running(i)

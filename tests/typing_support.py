@@ -43,9 +43,9 @@ async def exercise(store: TurnStore[RunnerT], tenant: UUID, user: UUID) -> None:
         assert_type(runner, RunnerT)
         turn = await repo.create_turn(runner, scope, params)
         assert_type(turn, Turn)
-        found = await repo.find_by_chat_and_request_id(runner, scope, chat, request)
+        found = await repo.find_by_chat_and_request_id(runner, scope, tenant, chat, request)
         assert_type(found, Turn | None)
-        running = await repo.find_running_by_chat_id(runner, scope, chat)
+        running = await repo.find_running_by_chat_id(runner, scope, tenant, chat)
         assert_type(running, Turn | None)
         touched = await repo.update_progress_at(runner, scope, turn.id)
         assert_type(touched, int)
@@ -68,12 +68,12 @@ async def exercise(store: TurnStore[RunnerT], tenant: UUID, user: UUID) -> None:
         assert_type(await repo.cas_update_completed(runner, scope, complete), int)
         cancel = CasTerminalParams(turn_id=turn.id, state=TurnState.CANCELLED)
         assert_type(await repo.cas_update_state(runner, scope, cancel), int)
-        assert_type(await repo.find_latest_turn(runner, scope, chat), Turn | None)
-        assert_type(await repo.find_latest_for_update(runner, scope, chat), Turn | None)
+        assert_type(await repo.find_latest_turn(runner, scope, tenant, chat), Turn | None)
+        assert_type(await repo.find_latest_for_update(runner, scope, tenant, chat), Turn | None)
         await repo.soft_delete(runner, scope, turn.id, None)
     async with store.connection() as runner:
         assert_type(runner, RunnerT)
-        after = await repo.find_by_chat_and_request_id(runner, scope, chat, request)
+        after = await repo.find_by_chat_and_request_id(runner, scope, tenant, chat, request)
     assert found == turn
     assert running == turn
     assert (touched, orphans) == (1, [])

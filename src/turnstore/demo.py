@@ -261,7 +261,9 @@ class _Scenario:
         self.expect(cancelled.won, "the cancel to win the CAS")
         self.say("alice stops turn-2: cancelled")
 
-        retried = await lc.retry_turn(a, self.chat_a, self.turn2.request_id, self.alice)
+        retried = await lc.retry_turn(
+            a, self.tenant_a, self.chat_a, self.turn2.request_id, self.alice
+        )
         self.expect(retried.new_turn is not None, "the retry to start a new turn")
         assert retried.new_turn is not None
         self.turn3 = retried.new_turn
@@ -286,12 +288,12 @@ class _Scenario:
 
         async with self.store.connection() as conn:
             seen = await self.store.turns.find_by_chat_and_request_id(
-                conn, b, self.chat_a, self.turn1.request_id
+                conn, b, self.tenant_a, self.chat_a, self.turn1.request_id
             )
         self.expect(seen is None, "tenant B not to see turn-1")
         refused: Exception | None = None
         try:
-            await lc.retry_turn(b, self.chat_a, self.turn3.request_id, self.bob)
+            await lc.retry_turn(b, self.tenant_a, self.chat_a, self.turn3.request_id, self.bob)
         except TurnNotFoundError as exc:
             refused = exc
         self.expect(refused is not None, "turn_not_found for tenant B")

@@ -22,6 +22,7 @@ from turnstore.errors import (
     DuplicateTurnIdError,
     GenerationInProgressError,
     NotLatestTurnError,
+    TurnNotFoundError,
 )
 from turnstore.ids import new_uuid7
 from turnstore.keepalive import KeepAlive
@@ -67,7 +68,9 @@ __all__ = [
 #: How many times ``begin_turn`` re-inserts when the running turn that refused its insert
 #: has already ended by the time it is looked up.
 _START_ATTEMPTS = 3
-#: The scope of the locked read of a chat's latest turn in retry/edit/delete.
+#: The scope of the locked read of a chat's latest turn in retry/edit/delete, once the
+#: caller's scope has been found to see the chat: the chat is ``(tenant_id, chat_id)``, so
+#: "the whole chat" never reaches beyond the tenant.
 _WHOLE_CHAT = AccessScope.allow_all()
 
 
@@ -269,7 +272,7 @@ class TurnLifecycle(Generic[RunnerT]):
                     DuplicateTurnIdError,
                 ) as exc:
                     existing = await self.turns.find_by_chat_and_request_id(
-                        run, scope, params.chat_id, params.request_id
+                        run, scope, params.tenant_id, params.chat_id, params.request_id
                     )
                     if existing is not None:
                         return _outcome_of(decide_start(existing, None), existing)
@@ -280,7 +283,9 @@ class TurnLifecycle(Generic[RunnerT]):
                         return StartOutcome(
                             StartKind.REJECTED, reason=RejectReason.REQUEST_ID_CONFLICT
                         )
-                    running = await self.turns.find_running_by_chat_id(run, scope, params.chat_id)
+                    running = await self.turns.find_running_by_chat_id(
+                        run, scope, params.tenant_id, params.chat_id
+                    )
                     if running is not None:
                         return _generation_in_progress(running, exc.running_turn_id)
                     # The running turn ended between the insert and the read: try again.
@@ -394,20 +399,36 @@ class TurnLifecycle(Generic[RunnerT]):
         # Without a hook the CAS is the only statement: autocommit saves BEGIN and COMMIT.
         async with self._on(runner, atomic=hook is not None) as run:
             won = await cas(run) == 1
-            if not won or hook is None:
-                return FinalizeOutcome(turn.id, state, won)
+            if not won:
+                # Lost, or never in scope: only a second look tells "finalized elsewhere"
+                # from "not found" (docs/lifecycle.md, *Out of scope*). What a scope permits
+                # of a turn (its id and tenant) never changes and turns are never removed,
+                # so this later read answers for the CAS.
+                await self._require_visible(run, scope, turn)
+                return FinalizeOutcome(turn.id, state, False)
+            if hook is None:
+                return FinalizeOutcome(turn.id, state, True)
             final = await self.turns.find_by_chat_and_request_id(
-                run, scope, turn.chat_id, turn.request_id
+                run, scope, turn.tenant_id, turn.chat_id, turn.request_id
             )
             assert final is not None, "the finalized turn is in scope: the CAS just saw it"
             await hook(run, final)
             return FinalizeOutcome(turn.id, state, True, final)
+
+    async def _require_visible(self, run: RunnerT, scope: AccessScope, turn: Turn) -> None:
+        """``TurnNotFoundError`` unless ``turn`` exists and ``scope`` permits it."""
+        found = await self.turns.find_by_chat_and_request_id(
+            run, scope, turn.tenant_id, turn.chat_id, turn.request_id
+        )
+        if found is None or found.id != turn.id:
+            raise TurnNotFoundError(turn.id)
 
     # ---- retry, edit, delete
 
     async def retry_turn(
         self,
         scope: AccessScope,
+        tenant_id: UUID,
         chat_id: UUID,
         request_id: UUID,
         actor_user_id: UUID | None,
@@ -418,12 +439,20 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> MutationResult:
         """Replace the chat's last turn by a new running turn with a new request id."""
         return await self._mutate(
-            MutationKind.RETRY, scope, chat_id, request_id, actor_user_id, new_turn_id, hook, runner
+            MutationKind.RETRY,
+            scope,
+            (tenant_id, chat_id),
+            request_id,
+            actor_user_id,
+            new_turn_id,
+            hook,
+            runner,
         )
 
     async def edit_turn(
         self,
         scope: AccessScope,
+        tenant_id: UUID,
         chat_id: UUID,
         request_id: UUID,
         actor_user_id: UUID | None,
@@ -435,12 +464,20 @@ class TurnLifecycle(Generic[RunnerT]):
         """Like ``retry_turn``; the host writes the edited user message in the same
         transaction (through ``hook`` or its own ``runner``)."""
         return await self._mutate(
-            MutationKind.EDIT, scope, chat_id, request_id, actor_user_id, new_turn_id, hook, runner
+            MutationKind.EDIT,
+            scope,
+            (tenant_id, chat_id),
+            request_id,
+            actor_user_id,
+            new_turn_id,
+            hook,
+            runner,
         )
 
     async def delete_turn(
         self,
         scope: AccessScope,
+        tenant_id: UUID,
         chat_id: UUID,
         request_id: UUID,
         actor_user_id: UUID | None,
@@ -450,21 +487,30 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> MutationResult:
         """Soft-delete the chat's last turn."""
         return await self._mutate(
-            MutationKind.DELETE, scope, chat_id, request_id, actor_user_id, None, hook, runner
+            MutationKind.DELETE,
+            scope,
+            (tenant_id, chat_id),
+            request_id,
+            actor_user_id,
+            None,
+            hook,
+            runner,
         )
 
     async def _mutate(
         self,
         kind: MutationKind,
         scope: AccessScope,
-        chat_id: UUID,
+        chat: tuple[UUID, UUID],
         request_id: UUID,
         actor_user_id: UUID | None,
         new_turn_id: UUID | None,
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
     ) -> MutationResult:
+        tenant_id, chat_id = chat
         check_scope(scope)
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
         check_optional_uuid("actor_user_id", actor_user_id)
@@ -472,15 +518,30 @@ class TurnLifecycle(Generic[RunnerT]):
         _check_hook(hook)
         async with self._on(runner, atomic=True) as run:
             # Lock the chat first: every check below then reads the state the previous
-            # mutation of this chat committed, never an older snapshot.
-            # "Is it the last turn?" is asked of the whole chat, not of what the caller's
-            # scope shows: a scope naming one turn must not make an older turn look last.
-            latest = await self.turns.find_latest_for_update(run, _WHOLE_CHAT, chat_id)
-            if latest is not None and latest.request_id == request_id and scope.permits(latest):
-                target: Turn | None = latest
+            # mutation of this chat committed, never an older snapshot. The lock is taken
+            # only for a chat the caller's scope can see (docs/design.md, *The latest-turn
+            # lock*): a scope permitting the tenant sees it at once; a scope naming turns
+            # sees it through the target, which must then exist first.
+            # "Is it the last turn?" is asked of the whole chat within the tenant, not of
+            # what the caller's scope shows: a scope naming one turn must not make an older
+            # turn look last.
+            target: Turn | None = None
+            if scope.permits_tenant(tenant_id):
+                latest = await self.turns.find_latest_for_update(run, scope, tenant_id, chat_id)
             else:
                 target = await self.turns.find_by_chat_and_request_id(
-                    run, scope, chat_id, request_id
+                    run, scope, tenant_id, chat_id, request_id
+                )
+                if target is None:
+                    raise TurnNotFoundError(chat_id=chat_id, request_id=request_id)
+                latest = await self.turns.find_latest_for_update(
+                    run, _WHOLE_CHAT, tenant_id, chat_id
+                )
+            if latest is not None and latest.request_id == request_id and scope.permits(latest):
+                target = latest
+            else:
+                target = await self.turns.find_by_chat_and_request_id(
+                    run, scope, tenant_id, chat_id, request_id
                 )
             rejection = mutation_rejection(
                 target, latest, actor_user_id, chat_id=chat_id, request_id=request_id
@@ -505,7 +566,7 @@ class TurnLifecycle(Generic[RunnerT]):
                     scope,
                     CreateTurnParams(
                         id=new_turn_id or new_uuid7(),
-                        tenant_id=target.tenant_id,
+                        tenant_id=tenant_id,
                         chat_id=chat_id,
                         request_id=new_request_id,
                         requester_type=RequesterType.USER,

@@ -36,6 +36,10 @@ class TurnRepository(Protocol[RunnerT_contra]):
     Every scoped method sees only rows that ``scope`` permits; an out-of-scope row is
     indistinguishable from a missing one. Methods returning ``int`` report rows affected
     (0 or 1). A typed error leaves the caller's transaction usable.
+
+    A chat is identified by ``(tenant_id, chat_id)``: every method naming a chat takes the
+    tenant right before the chat id, and two tenants' chats with the same id share nothing
+    (keys, the running slot, the latest turn, the chat lock).
     """
 
     async def create_turn(
@@ -44,20 +48,25 @@ class TurnRepository(Protocol[RunnerT_contra]):
         """Insert a ``running`` turn stamped with database time.
 
         Raises ``ScopeDeniedError`` (nothing written) when ``scope`` does not permit the
-        new row, ``DuplicateRequestError`` when ``(chat_id, request_id)`` is taken,
+        new row, ``DuplicateRequestError`` when ``(tenant_id, chat_id, request_id)`` is taken,
         ``GenerationInProgressError`` when the chat already has a running turn, and
         ``DuplicateTurnIdError`` when the id is taken.
         """
         ...
 
     async def find_by_chat_and_request_id(
-        self, runner: RunnerT_contra, scope: AccessScope, chat_id: UUID, request_id: UUID
+        self,
+        runner: RunnerT_contra,
+        scope: AccessScope,
+        tenant_id: UUID,
+        chat_id: UUID,
+        request_id: UUID,
     ) -> Turn | None:
         """The turn holding this idempotency key, deleted turns included."""
         ...
 
     async def find_running_by_chat_id(
-        self, runner: RunnerT_contra, scope: AccessScope, chat_id: UUID
+        self, runner: RunnerT_contra, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
         """The chat's running, non-deleted turn."""
         ...
@@ -92,7 +101,7 @@ class TurnRepository(Protocol[RunnerT_contra]):
         ...
 
     async def find_latest_turn(
-        self, runner: RunnerT_contra, scope: AccessScope, chat_id: UUID
+        self, runner: RunnerT_contra, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
         """The non-deleted turn with the greatest ``(started_at, id)``."""
         ...
@@ -119,9 +128,13 @@ class TurnRepository(Protocol[RunnerT_contra]):
         ...
 
     async def find_latest_for_update(
-        self, runner: RunnerT_contra, scope: AccessScope, chat_id: UUID
+        self, runner: RunnerT_contra, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
         """The latest turn, locked (with the chat) until the transaction ends.
+
+        The chat lock is taken only for a chat ``scope`` can see: at once when it permits
+        the whole tenant (``AccessScope.permits_tenant``), else only when it sees a live turn
+        of the chat, so a caller never waits for, or holds, another tenant's chat.
 
         After waiting on another transaction, returns the latest turn as that transaction left it
         (docs/design.md, *The latest-turn lock*).

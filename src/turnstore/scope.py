@@ -209,6 +209,20 @@ class AccessScope(BaseModel):
         """True when no row can match (no satisfiable constraint and not unrestricted)."""
         return not self.unrestricted and not any(c.is_satisfiable for c in self.constraints)
 
+    def permits_tenant(self, tenant_id: UUID) -> bool:
+        """Does the scope permit *every* turn of ``tenant_id``? A pure check, no row needed:
+        true when unrestricted or when a constraint made of ``owner_tenant_id`` filters only
+        matches the tenant. A scope that names turns (``for_resource``) sees a chat only
+        through its rows, so this is false for it (docs/design.md, *Access scopes*)."""
+        if self.unrestricted:
+            return True
+        for constraint in self.constraints:
+            if all(
+                f.name == "owner_tenant_id" and tenant_id in f.values for f in constraint.filters
+            ):
+                return True
+        return False
+
     def permits(self, turn: ScopedRow) -> bool:
         """The reference semantics of the scope: may the caller see or change ``turn``?"""
         if self.unrestricted:

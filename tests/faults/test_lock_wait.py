@@ -69,12 +69,14 @@ async def test_mutation_behind_a_held_chat_lock_fails_typed_within_bound(
 
         async with store.transaction() as holder:
             # Another request mutating the same chat, its transaction still open.
-            await store.turns.find_latest_for_update(holder, chat.scope, chat.chat_id)
+            await store.turns.find_latest_for_update(
+                holder, chat.scope, chat.tenant_id, chat.chat_id
+            )
             loop = asyncio.get_running_loop()
             began = loop.time()
             with pytest.raises(TurnStoreError):
                 await asyncio.wait_for(
-                    call(chat.scope, chat.chat_id, params.request_id, chat.user_id),
+                    call(chat.scope, chat.tenant_id, chat.chat_id, params.request_id, chat.user_id),
                     timeout=BOUND_SECS,
                 )
             assert loop.time() - began < BOUND_SECS

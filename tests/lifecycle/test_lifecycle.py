@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -26,6 +27,7 @@ from turnstore.errors import (
 )
 from turnstore.ids import new_uuid7
 from turnstore.lifecycle import (
+    FinalizeOutcome,
     MutationKind,
     MutationResult,
     RejectReason,
@@ -55,7 +57,7 @@ def chat() -> Chat:
 async def reload(backend: BackendHarness, turn: Turn) -> Turn:
     async with backend.store.connection() as conn:
         row = await backend.store.turns.find_by_chat_and_request_id(
-            conn, AccessScope.allow_all(), turn.chat_id, turn.request_id
+            conn, AccessScope.allow_all(), turn.tenant_id, turn.chat_id, turn.request_id
         )
     assert row is not None
     return row
@@ -63,12 +65,16 @@ async def reload(backend: BackendHarness, turn: Turn) -> Turn:
 
 async def running_of(backend: BackendHarness, chat: Chat) -> Turn | None:
     async with backend.store.connection() as conn:
-        return await backend.store.turns.find_running_by_chat_id(conn, chat.scope, chat.chat_id)
+        return await backend.store.turns.find_running_by_chat_id(
+            conn, chat.scope, chat.tenant_id, chat.chat_id
+        )
 
 
 async def latest_of(backend: BackendHarness, chat: Chat) -> Turn | None:
     async with backend.store.connection() as conn:
-        return await backend.store.turns.find_latest_turn(conn, chat.scope, chat.chat_id)
+        return await backend.store.turns.find_latest_turn(
+            conn, chat.scope, chat.tenant_id, chat.chat_id
+        )
 
 
 async def started(lc: TurnLifecycle[Any], chat: Chat, request_id: UUID | None = None) -> Turn:
@@ -152,7 +158,9 @@ async def test_taken_request_id_is_a_conflict(
         await lc.cancel_turn(chat.scope, turn)
     elif how == "deleted":
         await lc.complete_turn(chat.scope, turn, uuid.uuid4())
-        await lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+        await lc.delete_turn(
+            chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id
+        )
     outcome = await lc.begin_turn(chat.scope, chat.params(turn.request_id))
     assert outcome.kind is StartKind.REJECTED
     assert outcome.reason is RejectReason.REQUEST_ID_CONFLICT
@@ -176,7 +184,7 @@ async def test_another_running_turn_rejects_with_its_id(
     async with turnstore_backend.store.connection() as conn:
         assert (
             await turnstore_backend.store.turns.find_by_chat_and_request_id(
-                conn, chat.scope, chat.chat_id, params.request_id
+                conn, chat.scope, chat.tenant_id, chat.chat_id, params.request_id
             )
             is None
         )
@@ -188,10 +196,31 @@ async def test_request_id_taken_outside_the_scope_is_a_conflict_that_shows_nothi
     lc = lifecycle_of(turnstore_backend)
     owner = Chat()
     turn = await started(lc, owner)
-    intruder = Chat(chat_id=owner.chat_id)
-    outcome = await lc.begin_turn(intruder.scope, intruder.params(turn.request_id))
+    params = owner.params(turn.request_id)
+    # A scope that lets the new row in but does not see the turn holding the key.
+    narrow = AccessScope.for_resource(params.id)
+    outcome = await lc.begin_turn(narrow, params)
     assert outcome.reason is RejectReason.REQUEST_ID_CONFLICT
     assert outcome.turn is None
+
+
+async def test_another_tenant_with_the_same_chat_and_request_ids_starts_its_own_turn(
+    turnstore_backend: BackendHarness,
+) -> None:
+    """A chat is (tenant_id, chat_id): another tenant's chat with the same id shares
+    neither idempotency keys nor the running slot with it."""
+    lc = lifecycle_of(turnstore_backend)
+    owner = Chat()
+    turn = await started(lc, owner)
+    other = Chat(chat_id=owner.chat_id, user_id=owner.user_id)
+    outcome = await lc.begin_turn(other.scope, other.params(turn.request_id))
+    assert outcome.kind is StartKind.STARTED
+    assert outcome.turn is not None
+    assert outcome.turn.tenant_id == other.tenant_id
+    again = await lc.begin_turn(owner.scope, owner.params())
+    assert again.reason is RejectReason.GENERATION_IN_PROGRESS
+    assert again.running_turn_id == turn.id
+    assert again.turn == turn
 
 
 async def test_running_turn_ended_between_insert_and_read_starts_after_all(
@@ -530,16 +559,35 @@ async def test_cancel_with_and_without_partial_message(
     assert row.error_code is None
 
 
-async def test_finalize_outside_scope_does_not_win(
-    turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
+@pytest.mark.parametrize("with_hook", [False, True], ids=["autocommit", "hook"])
+@pytest.mark.parametrize("how", ["cancel", "complete", "fail"])
+async def test_finalize_outside_scope_is_not_found(
+    turnstore_backend: BackendHarness,
+    lc: TurnLifecycle[Any],
+    chat: Chat,
+    how: str,
+    with_hook: bool,
 ) -> None:
+    """docs/lifecycle.md, *Out of scope*: finalizing a turn the scope cannot see is "not
+    found", as retry and delete are, never a lost race (``won=False``)."""
     turn = await started(lc, chat)
-    hook = HookRecorder()
-    outcome = await lc.cancel_turn(Chat().scope, turn, hook=hook)
-    assert not outcome.won
-    assert outcome.turn is None
-    assert hook.rows == []
+    hook = HookRecorder() if with_hook else None
+    foreign = Chat(chat_id=chat.chat_id).scope  # another tenant, the same chat id
+    calls: dict[str, Callable[[], Awaitable[FinalizeOutcome]]] = {
+        "cancel": lambda: lc.cancel_turn(foreign, turn, hook=hook),
+        "complete": lambda: lc.complete_turn(foreign, turn, uuid.uuid4(), hook=hook),
+        "fail": lambda: lc.fail_turn(foreign, turn, "provider_error", hook=hook),
+    }
+    with pytest.raises(TurnNotFoundError) as info:
+        await calls[how]()
+    assert info.value.turn_id == turn.id
+    assert hook is None or hook.rows == []
     assert (await reload(turnstore_backend, turn)).state is TurnState.RUNNING
+    # In scope but already finalized: a lost race, not "not found".
+    assert (await lc.cancel_turn(chat.scope, turn)).won
+    assert not (await lc.fail_turn(chat.scope, turn, "provider_error", hook=hook)).won
+    with pytest.raises(TurnNotFoundError):
+        await lc.cancel_turn(foreign, turn)
 
 
 async def test_hook_runs_for_the_winner_with_the_finalized_turn(
@@ -625,7 +673,12 @@ async def test_retry_and_edit_replace_the_last_turn(
     mutate = lc.retry_turn if kind is MutationKind.RETRY else lc.edit_turn
     new_turn_id = new_uuid7()
     result = await mutate(
-        chat.scope, chat.chat_id, target.request_id, chat.user_id, new_turn_id=new_turn_id
+        chat.scope,
+        chat.tenant_id,
+        chat.chat_id,
+        target.request_id,
+        chat.user_id,
+        new_turn_id=new_turn_id,
     )
     assert result.kind is kind
     assert result.target.id == target.id
@@ -646,7 +699,9 @@ async def test_delete_removes_the_last_turn(
 ) -> None:
     first = await completed(lc, chat)
     second = await completed(lc, chat)
-    result = await lc.delete_turn(chat.scope, chat.chat_id, second.request_id, chat.user_id)
+    result = await lc.delete_turn(
+        chat.scope, chat.tenant_id, chat.chat_id, second.request_id, chat.user_id
+    )
     assert result.kind is MutationKind.DELETE
     assert result.target.id == second.id
     assert result.new_turn is None
@@ -666,7 +721,7 @@ async def test_mutation_of_unknown_request_is_not_found(
 ) -> None:
     await completed(lc, chat)
     with pytest.raises(TurnNotFoundError):
-        await lc.retry_turn(chat.scope, chat.chat_id, uuid.uuid4(), chat.user_id)
+        await lc.retry_turn(chat.scope, chat.tenant_id, chat.chat_id, uuid.uuid4(), chat.user_id)
 
 
 async def test_mutation_outside_scope_is_not_found(
@@ -674,7 +729,9 @@ async def test_mutation_outside_scope_is_not_found(
 ) -> None:
     turn = await completed(lc, chat)
     with pytest.raises(TurnNotFoundError):
-        await lc.delete_turn(Chat().scope, chat.chat_id, turn.request_id, chat.user_id)
+        await lc.delete_turn(
+            Chat().scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id
+        )
     assert (await reload(turnstore_backend, turn)).deleted_at is None
 
 
@@ -685,9 +742,9 @@ async def test_deleted_turn_is_a_conflict_not_a_missing_turn(
     but is never the latest turn, so mutating it again is ``not_latest_turn``."""
     first = await completed(lc, chat)
     turn = await completed(lc, chat)
-    await lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+    await lc.delete_turn(chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id)
     with pytest.raises(NotLatestTurnError) as info:
-        await lc.retry_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+        await lc.retry_turn(chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id)
     assert info.value.latest_turn_id == first.id
     latest = await latest_of(turnstore_backend, chat)
     assert latest is not None
@@ -701,7 +758,7 @@ async def test_two_concurrent_deletes_delete_once_and_the_loser_gets_a_conflict(
     turn = await completed(lc, chat)
     results = await asyncio.gather(
         *(
-            lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+            lc.delete_turn(chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id)
             for _ in range(2)
         ),
         return_exceptions=True,
@@ -723,7 +780,7 @@ async def test_a_scope_naming_one_turn_cannot_make_an_older_turn_the_last(
     narrow = AccessScope.for_resource(older.id)
     for mutate in (lc.delete_turn, lc.retry_turn, lc.edit_turn):
         with pytest.raises(NotLatestTurnError) as info:
-            await mutate(narrow, chat.chat_id, older.request_id, chat.user_id)
+            await mutate(narrow, chat.tenant_id, chat.chat_id, older.request_id, chat.user_id)
         assert info.value.turn_id == older.id
         assert info.value.latest_turn_id is None
         assert str(info.value) == f"turn {older.id} is not the latest turn of its chat"
@@ -733,7 +790,11 @@ async def test_a_scope_naming_one_turn_cannot_make_an_older_turn_the_last(
     assert latest.id == newest.id
     # The same scope on the latest turn itself may mutate it.
     result = await lc.delete_turn(
-        AccessScope.for_resource(newest.id), chat.chat_id, newest.request_id, chat.user_id
+        AccessScope.for_resource(newest.id),
+        chat.tenant_id,
+        chat.chat_id,
+        newest.request_id,
+        chat.user_id,
     )
     assert result.target.id == newest.id
 
@@ -742,13 +803,17 @@ async def test_replaced_turn_is_not_the_latest(
     turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
 ) -> None:
     turn = await completed(lc, chat)
-    result = await lc.retry_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+    result = await lc.retry_turn(
+        chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id
+    )
     assert result.new_turn is not None
     with pytest.raises(NotLatestTurnError) as info:
-        await lc.retry_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+        await lc.retry_turn(chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id)
     assert info.value.latest_turn_id == result.new_turn.id
     with pytest.raises(ForbiddenError):
-        await lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, uuid.uuid4())
+        await lc.delete_turn(
+            chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, uuid.uuid4()
+        )
 
 
 async def test_other_users_turn_is_forbidden_before_any_other_check(
@@ -760,11 +825,11 @@ async def test_other_users_turn_is_forbidden_before_any_other_check(
     running = await started(lc, chat)
     stranger = uuid.uuid4()
     with pytest.raises(ForbiddenError):
-        await lc.retry_turn(chat.scope, chat.chat_id, running.request_id, stranger)
+        await lc.retry_turn(chat.scope, chat.tenant_id, chat.chat_id, running.request_id, stranger)
     with pytest.raises(ForbiddenError):
-        await lc.delete_turn(chat.scope, chat.chat_id, older.request_id, stranger)
+        await lc.delete_turn(chat.scope, chat.tenant_id, chat.chat_id, older.request_id, stranger)
     with pytest.raises(ForbiddenError):
-        await lc.delete_turn(chat.scope, chat.chat_id, older.request_id, None)
+        await lc.delete_turn(chat.scope, chat.tenant_id, chat.chat_id, older.request_id, None)
 
 
 async def test_running_turn_cannot_be_mutated(
@@ -772,7 +837,9 @@ async def test_running_turn_cannot_be_mutated(
 ) -> None:
     turn = await started(lc, chat)
     with pytest.raises(InvalidTurnStateError):
-        await lc.delete_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+        await lc.delete_turn(
+            chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id
+        )
     row = await reload(turnstore_backend, turn)
     assert row.deleted_at is None
     assert row.state is TurnState.RUNNING
@@ -784,7 +851,9 @@ async def test_only_the_latest_turn_can_be_mutated(
     older = await completed(lc, chat)
     newer = await completed(lc, chat)
     with pytest.raises(NotLatestTurnError) as info:
-        await lc.retry_turn(chat.scope, chat.chat_id, older.request_id, chat.user_id)
+        await lc.retry_turn(
+            chat.scope, chat.tenant_id, chat.chat_id, older.request_id, chat.user_id
+        )
     assert info.value.latest_turn_id == newer.id
     assert (await reload(turnstore_backend, older)).deleted_at is None
     assert await latest_of(turnstore_backend, chat) == await reload(turnstore_backend, newer)
@@ -804,7 +873,12 @@ async def test_mutation_hook_error_rolls_everything_back(
 
     with pytest.raises(RuntimeError, match="message store down"):
         await lc.edit_turn(
-            chat.scope, chat.chat_id, turn.request_id, chat.user_id, hook=write_message
+            chat.scope,
+            chat.tenant_id,
+            chat.chat_id,
+            turn.request_id,
+            chat.user_id,
+            hook=write_message,
         )
     assert len(seen) == 1
     assert (await reload(turnstore_backend, turn)).deleted_at is None
@@ -827,13 +901,18 @@ async def test_retry_whose_insert_collides_writes_nothing(
         intruder.append(await started(lifecycle_of(turnstore_backend), chat))
 
     async def retry() -> None:
-        await lc.retry_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id)
+        await lc.retry_turn(chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id)
 
     async def retry_in_host_transaction() -> None:
         async with store.transaction() as runner:
             with pytest.raises(GenerationInProgressError):
                 await lc.retry_turn(
-                    chat.scope, chat.chat_id, turn.request_id, chat.user_id, runner=runner
+                    chat.scope,
+                    chat.tenant_id,
+                    chat.chat_id,
+                    turn.request_id,
+                    chat.user_id,
+                    runner=runner,
                 )
 
     tap.before["create_turn"] = start_a_turn_meanwhile
@@ -853,7 +932,10 @@ async def test_two_concurrent_retries_make_one_new_turn_and_one_conflict(
 ) -> None:
     turn = await completed(lc, chat)
     results = await asyncio.gather(
-        *(lc.retry_turn(chat.scope, chat.chat_id, turn.request_id, chat.user_id) for _ in range(2)),
+        *(
+            lc.retry_turn(chat.scope, chat.tenant_id, chat.chat_id, turn.request_id, chat.user_id)
+            for _ in range(2)
+        ),
         return_exceptions=True,
     )
     wins = [r for r in results if isinstance(r, MutationResult)]
@@ -877,10 +959,12 @@ async def test_retry_racing_a_delete_of_the_turn_before_never_deletes_a_non_last
     last = await completed(lc, chat)
     async with turnstore_backend.store.transaction() as runner:
         result = await lc.retry_turn(
-            chat.scope, chat.chat_id, last.request_id, chat.user_id, runner=runner
+            chat.scope, chat.tenant_id, chat.chat_id, last.request_id, chat.user_id, runner=runner
         )
         delete = asyncio.create_task(
-            lc.delete_turn(chat.scope, chat.chat_id, before.request_id, chat.user_id)
+            lc.delete_turn(
+                chat.scope, chat.tenant_id, chat.chat_id, before.request_id, chat.user_id
+            )
         )
         await wait_until_blocked(turnstore_backend, delete)
     with pytest.raises(NotLatestTurnError) as info:
@@ -918,3 +1002,56 @@ async def test_docs_examples_run(turnstore_backend: BackendHarness) -> None:
     ]
     for name in examples:
         await namespace[name](turnstore_backend.store)
+
+
+# --- tenants sharing a chat id: docs/lifecycle.md, Out of scope ----------------------------
+
+
+@pytest.mark.parametrize("mutation", ["delete", "retry", "edit"])
+async def test_another_tenant_cannot_mutate_the_turn_nor_wait_for_its_chat(
+    turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat, mutation: str
+) -> None:
+    """Tenant B names tenant A's chat (A's tenant and chat id, B's scope) while A holds the
+    chat's lock: B gets ``TurnNotFoundError`` at once, neither waiting for A nor changing A's
+    turn; B's own chat with the same id is another chat and is not locked either."""
+    target = await reload(turnstore_backend, await completed(lc, chat))
+    intruder = Chat(chat_id=chat.chat_id, user_id=chat.user_id)
+    call = {"delete": lc.delete_turn, "retry": lc.retry_turn, "edit": lc.edit_turn}[mutation]
+    store = turnstore_backend.store
+    async with store.transaction() as holder:
+        await store.turns.find_latest_for_update(holder, chat.scope, chat.tenant_id, chat.chat_id)
+        for tenant in (chat.tenant_id, intruder.tenant_id):
+            attempt = call(intruder.scope, tenant, chat.chat_id, target.request_id, chat.user_id)
+            with pytest.raises(TurnNotFoundError):
+                await asyncio.wait_for(attempt, timeout=5.0)
+        with pytest.raises(TurnNotFoundError):
+            await asyncio.wait_for(lc.cancel_turn(intruder.scope, target), timeout=5.0)
+    assert await reload(turnstore_backend, target) == target
+
+
+async def test_a_resource_scope_sees_the_chat_through_its_turn(
+    turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
+) -> None:
+    """A scope naming turns sees a chat only through them: naming a turn of another chat
+    it gets "not found" without waiting for this chat's lock; naming this chat's last turn
+    it waits for the lock, then deletes it."""
+    target = await completed(lc, chat)
+    elsewhere = await completed(lc, Chat(tenant_id=chat.tenant_id, user_id=chat.user_id))
+    store = turnstore_backend.store
+    blind = AccessScope.for_resource(elsewhere.id)
+    seer = AccessScope.for_resource(target.id)
+    async with store.transaction() as holder:
+        await store.turns.find_latest_for_update(holder, chat.scope, chat.tenant_id, chat.chat_id)
+        with pytest.raises(TurnNotFoundError):
+            await asyncio.wait_for(
+                lc.delete_turn(
+                    blind, chat.tenant_id, chat.chat_id, target.request_id, chat.user_id
+                ),
+                timeout=5.0,
+            )
+        delete = asyncio.create_task(
+            lc.delete_turn(seer, chat.tenant_id, chat.chat_id, target.request_id, chat.user_id)
+        )
+        await wait_until_blocked(turnstore_backend, delete)
+    result = await asyncio.wait_for(delete, timeout=30.0)
+    assert result.target.id == target.id

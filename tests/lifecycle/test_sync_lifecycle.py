@@ -68,8 +68,15 @@ def test_host_connection_transaction_commits_and_rolls_back(turnstore_pg_dsn: st
             assert outcome.turn is not None
             lifecycle.complete_turn(ALLOW, outcome.turn, uuid4(), runner=host)
     with store.connection() as conn:
-        assert store.turns.find_by_chat_and_request_id(conn, ALLOW, p.chat_id, p.request_id) is None
-        found = store.turns.find_by_chat_and_request_id(conn, ALLOW, kept.chat_id, kept.request_id)
+        assert (
+            store.turns.find_by_chat_and_request_id(
+                conn, ALLOW, p.tenant_id, p.chat_id, p.request_id
+            )
+            is None
+        )
+        found = store.turns.find_by_chat_and_request_id(
+            conn, ALLOW, kept.tenant_id, kept.chat_id, kept.request_id
+        )
     assert found is not None
     assert found.state is TurnState.COMPLETED
     store.close()
@@ -107,7 +114,9 @@ def test_watchdog_thread_fails_an_orphan(turnstore_sync_backend: BackendHarness)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with store.connection() as conn:
-                row = store.turns.find_running_by_chat_id(conn, ALLOW, outcome.turn.chat_id)
+                row = store.turns.find_running_by_chat_id(
+                    conn, ALLOW, outcome.turn.tenant_id, outcome.turn.chat_id
+                )
             if row is None:
                 break
             time.sleep(0.05)
@@ -115,7 +124,7 @@ def test_watchdog_thread_fails_an_orphan(turnstore_sync_backend: BackendHarness)
     assert not watchdog.is_leader
     with store.connection() as conn:
         final = store.turns.find_by_chat_and_request_id(
-            conn, ALLOW, outcome.turn.chat_id, outcome.turn.request_id
+            conn, ALLOW, outcome.turn.tenant_id, outcome.turn.chat_id, outcome.turn.request_id
         )
     assert final is not None
     assert final.error_code == ORPHAN_ERROR_CODE

@@ -54,7 +54,7 @@ async def start_turn(store: TurnStore[Any], chat: Chat) -> Turn:
 async def reload(store: TurnStore[Any], turn: Turn) -> Turn:
     async with store.connection() as conn:
         row = await store.turns.find_by_chat_and_request_id(
-            conn, AccessScope.allow_all(), turn.chat_id, turn.request_id
+            conn, AccessScope.allow_all(), turn.tenant_id, turn.chat_id, turn.request_id
         )
     assert row is not None
     return row

@@ -119,7 +119,8 @@ async def test_a_changed_migration_is_refused_and_reported_by_check(
 
     assert await run_cli("migrate", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
     err = capsys.readouterr().err
-    assert err.startswith("turnstore: error: applied migration(s) [1]")
+    versions = [m.version for m in migration_files()]
+    assert err.startswith(f"turnstore: error: applied migration(s) {versions}")
     assert err.count("\n") == 1
 
 
@@ -253,7 +254,7 @@ async def create(store: PostgresStore, chat: str) -> Turn:
 async def reload(store: PostgresStore, turn: Turn) -> Turn:
     async with store.connection() as conn:
         found = await store.turns.find_by_chat_and_request_id(
-            conn, AccessScope.allow_all(), turn.chat_id, turn.request_id
+            conn, AccessScope.allow_all(), turn.tenant_id, turn.chat_id, turn.request_id
         )
     assert found is not None
     return found

@@ -93,6 +93,8 @@ async def test_the_foreign_key_example_guards_turns(
         assert await cur.fetchone() == (0,)
         assert await store.turns.update_progress_at(conn, scope, turn.id) == 0
         assert (
-            await store.turns.find_by_chat_and_request_id(conn, scope, chat, turn.request_id)
+            await store.turns.find_by_chat_and_request_id(
+                conn, scope, tenant, chat, turn.request_id
+            )
             is None
         )

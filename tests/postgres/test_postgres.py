@@ -102,7 +102,7 @@ async def test_create_find_complete_round_trip(store: PostgresStore) -> None:
         assert await store.turns.cas_update_completed(conn, scope, _complete(created)) == 1
     async with store.connection() as conn:
         found = await store.turns.find_by_chat_and_request_id(
-            conn, scope, params.chat_id, params.request_id
+            conn, scope, params.tenant_id, params.chat_id, params.request_id
         )
     assert found is not None
     assert found.state is TurnState.COMPLETED
@@ -117,7 +117,7 @@ async def test_each_statement_reads_the_clock_once(store: PostgresStore) -> None
         turn = await store.turns.create_turn(conn, ALLOW, _params())
         assert turn.started_at == turn.last_progress_at == turn.updated_at
         await store.turns.update_progress_at(conn, ALLOW, turn.id)
-        touched = await store.turns.find_latest_turn(conn, ALLOW, turn.chat_id)
+        touched = await store.turns.find_latest_turn(conn, ALLOW, turn.tenant_id, turn.chat_id)
         assert touched is not None
         assert touched.last_progress_at == touched.updated_at
         assert touched.updated_at > turn.updated_at  # later statement, later time
@@ -127,7 +127,7 @@ async def test_each_statement_reads_the_clock_once(store: PostgresStore) -> None
             CasTerminalParams(turn_id=turn.id, state=TurnState.FAILED, error_code="e"),
         )
         done = await store.turns.find_by_chat_and_request_id(
-            conn, ALLOW, turn.chat_id, turn.request_id
+            conn, ALLOW, turn.tenant_id, turn.chat_id, turn.request_id
         )
     assert done is not None
     assert done.completed_at == done.updated_at
@@ -213,25 +213,25 @@ async def test_compiled_scopes_select_exactly_what_permits_allows(store: Postgre
             selected = [row[0] for row in await cur.fetchall()]
             assert selected == sorted(t.id for t in turns if scope.permits(t)), scope
             for turn in turns:
-                found = await store.turns.find_latest_turn(conn, scope, turn.chat_id)
+                found = await store.turns.find_latest_turn(
+                    conn, scope, turn.tenant_id, turn.chat_id
+                )
                 assert (found is not None) == scope.permits(turn), scope
 
 
 async def test_running_turn_id_is_hidden_outside_the_scope(store: PostgresStore) -> None:
-    mine, theirs = uuid.uuid4(), uuid.uuid4()
+    tenant = uuid.uuid4()
     async with store.connection() as conn:
-        running = await store.turns.create_turn(conn, ALLOW, _params(tenant_id=theirs))
+        running = await store.turns.create_turn(conn, ALLOW, _params(tenant_id=tenant))
+        hidden_params = _params(tenant_id=tenant, chat_id=running.chat_id)
         with pytest.raises(GenerationInProgressError) as hidden:
             await store.turns.create_turn(
-                conn,
-                AccessScope.for_tenant(mine),
-                _params(tenant_id=mine, chat_id=running.chat_id),
+                conn, AccessScope.for_resource(hidden_params.id), hidden_params
             )
+        shown_params = _params(tenant_id=tenant, chat_id=running.chat_id)
         with pytest.raises(GenerationInProgressError) as shown:
             await store.turns.create_turn(
-                conn,
-                AccessScope.for_tenants([mine, theirs]),
-                _params(tenant_id=mine, chat_id=running.chat_id),
+                conn, AccessScope.for_resources([shown_params.id, running.id]), shown_params
             )
     assert hidden.value.running_turn_id is None
     assert shown.value.running_turn_id == running.id
@@ -249,12 +249,18 @@ async def test_transaction_stays_usable_after_every_typed_error(store: PostgresS
             (
                 DuplicateRequestError,
                 lambda: repo.create_turn(
-                    conn, ALLOW, _params(chat_id=turn.chat_id, request_id=turn.request_id)
+                    conn,
+                    ALLOW,
+                    _params(
+                        chat_id=turn.chat_id, tenant_id=turn.tenant_id, request_id=turn.request_id
+                    ),
                 ),
             ),
             (
                 GenerationInProgressError,
-                lambda: repo.create_turn(conn, ALLOW, _params(chat_id=turn.chat_id)),
+                lambda: repo.create_turn(
+                    conn, ALLOW, _params(chat_id=turn.chat_id, tenant_id=turn.tenant_id)
+                ),
             ),
             (ScopeDeniedError, lambda: repo.create_turn(conn, AccessScope.deny_all(), _params())),
             (TurnNotFoundError, lambda: repo.soft_delete(conn, ALLOW, uuid.uuid4(), None)),
@@ -279,7 +285,7 @@ async def test_transaction_stays_usable_after_every_typed_error(store: PostgresS
             assert conn.info.transaction_status == TransactionStatus.INTRANS
         assert await repo.cas_update_completed(conn, ALLOW, _complete(turn)) == 1
     async with store.connection() as conn:
-        done = await repo.find_latest_turn(conn, ALLOW, turn.chat_id)
+        done = await repo.find_latest_turn(conn, ALLOW, turn.tenant_id, turn.chat_id)
     assert done is not None
     assert done.state is TurnState.COMPLETED
 
@@ -290,7 +296,7 @@ async def test_each_tool_bumps_only_its_own_counter(store: PostgresStore) -> Non
         for tool, times in zip(ToolCallType, (1, 2, 3), strict=True):
             for _ in range(times):
                 await store.turns.increment_tool_calls(conn, ALLOW, turn.id, tool)
-        counted = await store.turns.find_latest_turn(conn, ALLOW, turn.chat_id)
+        counted = await store.turns.find_latest_turn(conn, ALLOW, turn.tenant_id, turn.chat_id)
     assert counted is not None
     assert (
         counted.web_search_completed_count,
@@ -341,10 +347,10 @@ async def test_lost_connection_is_store_unavailable(store: PostgresStore, other:
     async with store.connection() as conn:
         await other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
         with pytest.raises(StoreUnavailableError) as info:
-            await store.turns.find_latest_turn(conn, ALLOW, uuid.uuid4())
+            await store.turns.find_latest_turn(conn, ALLOW, uuid.uuid4(), uuid.uuid4())
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
     async with store.connection() as conn:  # the pool replaces the dead connection
-        assert await store.turns.find_latest_turn(conn, ALLOW, uuid.uuid4()) is None
+        assert await store.turns.find_latest_turn(conn, ALLOW, uuid.uuid4(), uuid.uuid4()) is None
 
 
 async def test_exhausted_pool_is_store_unavailable(turnstore_pg_dsn: str) -> None:
@@ -379,7 +385,7 @@ async def test_wrapping_a_host_pool(turnstore_pg_dsn: str, other: Conn) -> None:
         async with store.connection() as conn:  # a non-autocommit host connection
             assert conn.autocommit
             await store.turns.create_turn(conn, ALLOW, params)
-        seen = await store.turns.find_latest_turn(other, ALLOW, params.chat_id)
+        seen = await store.turns.find_latest_turn(other, ALLOW, params.tenant_id, params.chat_id)
         assert seen is not None  # committed on its own, autocommit
 
         async def delete_then_fail() -> None:
@@ -389,10 +395,16 @@ async def test_wrapping_a_host_pool(turnstore_pg_dsn: str, other: Conn) -> None:
 
         with pytest.raises(RuntimeError, match="planted"):
             await delete_then_fail()
-        assert await store.turns.find_latest_turn(other, ALLOW, params.chat_id) == seen
+        assert (
+            await store.turns.find_latest_turn(other, ALLOW, params.tenant_id, params.chat_id)
+            == seen
+        )
         async with store.transaction() as conn:
             await store.turns.soft_delete(conn, ALLOW, params.id, None)
-        assert await store.turns.find_latest_turn(other, ALLOW, params.chat_id) is None
+        assert (
+            await store.turns.find_latest_turn(other, ALLOW, params.tenant_id, params.chat_id)
+            is None
+        )
         await store.close()
         assert not pool.closed
         async with pool.connection() as conn:
@@ -404,7 +416,8 @@ async def test_wrapping_a_host_pool(turnstore_pg_dsn: str, other: Conn) -> None:
 # --- find_latest_for_update: docs/design.md, The latest-turn lock ------------------------
 
 NAIVE_LATEST_FOR_UPDATE = (
-    "SELECT id FROM turnstore.chat_turns WHERE chat_id = %s AND deleted_at IS NULL"
+    "SELECT id FROM turnstore.chat_turns"
+    " WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL"
     " ORDER BY started_at DESC, id DESC LIMIT 1 FOR UPDATE"
 )
 
@@ -424,11 +437,11 @@ async def _wait_until_blocked(watcher: Conn, pid: int) -> None:
 
 async def _chat_with_two_finished_turns(store: PostgresStore) -> tuple[Turn, Turn]:
     """W then X, both completed, in one chat: X is the latest."""
-    chat = uuid.uuid4()
+    tenant, chat = uuid.uuid4(), uuid.uuid4()
     async with store.connection() as conn:
-        w = await store.turns.create_turn(conn, ALLOW, _params(chat_id=chat))
+        w = await store.turns.create_turn(conn, ALLOW, _params(tenant_id=tenant, chat_id=chat))
         await store.turns.cas_update_completed(conn, ALLOW, _complete(w))
-        x = await store.turns.create_turn(conn, ALLOW, _params(chat_id=chat))
+        x = await store.turns.create_turn(conn, ALLOW, _params(tenant_id=tenant, chat_id=chat))
         await store.turns.cas_update_completed(conn, ALLOW, _complete(x))
     return w, x
 
@@ -445,9 +458,11 @@ async def _replace_latest_while_b_waits(
     async with store.transaction() as a:
         await lock_x(a, x)
         await store.turns.soft_delete(a, ALLOW, x.id, None)
-        y = await store.turns.create_turn(a, ALLOW, _params(chat_id=x.chat_id))
+        y = await store.turns.create_turn(
+            a, ALLOW, _params(chat_id=x.chat_id, tenant_id=x.tenant_id)
+        )
         await other.execute("BEGIN")
-        b_task = asyncio.create_task(b_reads(other, x.chat_id))
+        b_task = asyncio.create_task(b_reads(other, x))
         await _wait_until_blocked(a, other.info.backend_pid)
         assert not b_task.done()
     read = await asyncio.wait_for(b_task, timeout=HANG_TIMEOUT)
@@ -455,8 +470,8 @@ async def _replace_latest_while_b_waits(
     return w, x, y, read
 
 
-async def _naive_read(conn: Conn, chat_id: UUID) -> UUID | None:
-    cur = await conn.execute(NAIVE_LATEST_FOR_UPDATE, (chat_id,))
+async def _naive_read(conn: Conn, x: Turn) -> UUID | None:
+    cur = await conn.execute(NAIVE_LATEST_FOR_UPDATE, (x.tenant_id, x.chat_id))
     row = await cur.fetchone()
     return row[0] if row is not None else None
 
@@ -467,7 +482,7 @@ async def test_the_naive_query_returns_a_stale_turn(store: PostgresStore, other:
     the next test no longer proves anything and must be revisited.)"""
 
     async def lock_x(a: Conn, x: Turn) -> None:
-        assert await _naive_read(a, x.chat_id) == x.id
+        assert await _naive_read(a, x) == x.id
 
     w, _, _, read = await _replace_latest_while_b_waits(store, other, lock_x, _naive_read)
     assert read == w.id
@@ -477,12 +492,12 @@ async def test_find_latest_for_update_returns_the_true_latest_after_waiting(
     store: PostgresStore, other: Conn
 ) -> None:
     async def lock_x(a: Conn, x: Turn) -> None:
-        locked = await store.turns.find_latest_for_update(a, ALLOW, x.chat_id)
+        locked = await store.turns.find_latest_for_update(a, ALLOW, x.tenant_id, x.chat_id)
         assert locked is not None
         assert locked.id == x.id
 
-    async def b_reads(b: Conn, chat_id: UUID) -> Turn | None:
-        return await store.turns.find_latest_for_update(b, ALLOW, chat_id)
+    async def b_reads(b: Conn, x: Turn) -> Turn | None:
+        return await store.turns.find_latest_for_update(b, ALLOW, x.tenant_id, x.chat_id)
 
     _, _, y, read = await _replace_latest_while_b_waits(store, other, lock_x, b_reads)
     assert read == y
@@ -495,10 +510,10 @@ async def test_find_latest_for_update_rereads_after_a_writer_that_skipped_the_ch
     ``find_latest_for_update`` return a stale turn: it re-reads until stable."""
 
     async def lock_x(a: Conn, x: Turn) -> None:
-        assert await _naive_read(a, x.chat_id) == x.id
+        assert await _naive_read(a, x) == x.id
 
-    async def b_reads(b: Conn, chat_id: UUID) -> Turn | None:
-        return await store.turns.find_latest_for_update(b, ALLOW, chat_id)
+    async def b_reads(b: Conn, x: Turn) -> Turn | None:
+        return await store.turns.find_latest_for_update(b, ALLOW, x.tenant_id, x.chat_id)
 
     _, _, y, read = await _replace_latest_while_b_waits(store, other, lock_x, b_reads)
     assert read is not None
@@ -508,13 +523,14 @@ async def test_find_latest_for_update_rereads_after_a_writer_that_skipped_the_ch
 async def test_find_latest_for_update_holds_the_chat_lock_until_the_end(
     store: PostgresStore, other: Conn
 ) -> None:
-    chat = uuid.uuid4()
+    tenant, chat = uuid.uuid4(), uuid.uuid4()
     async with store.transaction() as conn:
-        assert await store.turns.find_latest_for_update(conn, ALLOW, chat) is None
+        assert await store.turns.find_latest_for_update(conn, ALLOW, tenant, chat) is None
         cur = await other.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
-            " AND objid = hashtext(%s::text)::oid AND objsubid = 2 AND pid = %s AND granted",
-            (CHAT_LOCK_CLASS, chat, conn.info.backend_pid),
+            " AND objid = hashtext(%s::text || %s::text)::oid AND objsubid = 2 AND pid = %s"
+            " AND granted",
+            (CHAT_LOCK_CLASS, tenant, chat, conn.info.backend_pid),
         )
         assert await cur.fetchone() == (1,)
     # pg_locks is server-wide: count this database's chat locks only, so other databases

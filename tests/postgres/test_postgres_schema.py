@@ -20,7 +20,9 @@ from psycopg.rows import tuple_row
 import turnstore.postgres.migrations as pgm
 from turnstore import (
     AccessScope,
+    DuplicateRequestError,
     DuplicateTurnIdError,
+    GenerationInProgressError,
     MigrationError,
     SchemaMismatchError,
     ToolCallType,
@@ -36,6 +38,7 @@ from turnstore.postgres import (
     migration_files,
     schema_sql,
 )
+from turnstore.postgres.errors import driver_errors
 from turnstore.testing.conformance import (
     complete_params,
     make_params,
@@ -170,28 +173,54 @@ async def test_primary_key_refuses_a_second_id(raw: Conn) -> None:
     assert info.value.diag.constraint_name == "chat_turns_pkey"
 
 
-async def test_request_key_is_unique_per_chat_deleted_turns_included(raw: Conn) -> None:
+async def test_request_key_is_unique_per_tenant_chat_deleted_turns_included(raw: Conn) -> None:
     row = _row(**_TERMINAL, deleted_at="2026-01-01T00:00:02Z")
     await _insert(raw, row)
     await _insert(raw, _row(request_id=row["request_id"]))  # another chat: fine
+    # Another tenant's chat with the same id: fine.
+    await _insert(raw, _row(chat_id=row["chat_id"], request_id=row["request_id"]))
     with pytest.raises(psycopg.errors.UniqueViolation) as info:
-        await _insert(raw, _row(chat_id=row["chat_id"], request_id=row["request_id"]))
-    assert info.value.diag.constraint_name == "chat_turns_chat_request_key"
+        await _insert(
+            raw,
+            _row(tenant_id=row["tenant_id"], chat_id=row["chat_id"], request_id=row["request_id"]),
+        )
+    assert info.value.diag.constraint_name == "chat_turns_tenant_chat_request_key"
 
 
-async def test_one_running_turn_per_chat(raw: Conn) -> None:
-    chat = uuid.uuid4()
-    await _insert(raw, _row(chat_id=chat))
+async def test_one_running_turn_per_tenant_chat(raw: Conn) -> None:
+    tenant, chat = uuid.uuid4(), uuid.uuid4()
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat))
+    await _insert(raw, _row(chat_id=chat))  # another tenant's chat with the same id: fine
     with pytest.raises(psycopg.errors.UniqueViolation) as info:
-        await _insert(raw, _row(chat_id=chat))
-    assert info.value.diag.constraint_name == "chat_turns_one_running_per_chat"
+        await _insert(raw, _row(tenant_id=tenant, chat_id=chat))
+    assert info.value.diag.constraint_name == "chat_turns_one_running_per_tenant_chat"
+
+
+async def test_the_driver_error_boundary_reads_the_tenant_keys(raw: Conn) -> None:
+    """``turnstore.postgres.errors`` maps a unique violation of each key, read off its
+    constraint name and the (tenant_id, chat_id, ...) key in the detail, to its typed
+    error naming the chat."""
+    row = _row()
+    await _insert(raw, row)
+    same_key = _row(
+        tenant_id=row["tenant_id"], chat_id=row["chat_id"], request_id=row["request_id"]
+    )
+    with pytest.raises(DuplicateRequestError) as duplicate, driver_errors:
+        await _insert(raw, {**same_key, **_TERMINAL})
+    assert (duplicate.value.chat_id, duplicate.value.request_id) == (
+        row["chat_id"],
+        row["request_id"],
+    )
+    with pytest.raises(GenerationInProgressError) as running, driver_errors:
+        await _insert(raw, _row(tenant_id=row["tenant_id"], chat_id=row["chat_id"]))
+    assert running.value.chat_id == row["chat_id"]
 
 
 async def test_running_index_ignores_deleted_and_terminal_turns(raw: Conn) -> None:
-    chat = uuid.uuid4()
-    await _insert(raw, _row(chat_id=chat, deleted_at="2026-01-01T00:00:02Z"))
-    await _insert(raw, _row(chat_id=chat, **_TERMINAL))
-    await _insert(raw, _row(chat_id=chat))  # the one live running turn
+    tenant, chat = uuid.uuid4(), uuid.uuid4()
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat, deleted_at="2026-01-01T00:00:02Z"))
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat, **_TERMINAL))
+    await _insert(raw, _row(tenant_id=tenant, chat_id=chat))  # the one live running turn
     cur = await raw.execute("SELECT count(*) FROM turnstore.chat_turns WHERE chat_id = %s", (chat,))
     assert await cur.fetchone() == (3,)
 
@@ -495,12 +524,14 @@ async def test_odd_schema_name_works_end_to_end(empty_dsn: str, schema: str) -> 
             created = await turns.create_turn(conn, scope, params)
             with pytest.raises(DuplicateTurnIdError):
                 await turns.create_turn(conn, scope, params)
-            locked = await turns.find_latest_for_update(conn, scope, params.chat_id)
+            locked = await turns.find_latest_for_update(
+                conn, scope, params.tenant_id, params.chat_id
+            )
             assert locked == created
             assert await turns.update_progress_at(conn, scope, params.id) == 1
         async with store.connection() as conn:
             found = await turns.find_by_chat_and_request_id(
-                conn, scope, params.chat_id, params.request_id
+                conn, scope, params.tenant_id, params.chat_id, params.request_id
             )
             assert found is not None
             assert found.id == created.id
@@ -508,8 +539,11 @@ async def test_odd_schema_name_works_end_to_end(empty_dsn: str, schema: str) -> 
             await turns.increment_tool_calls(conn, scope, params.id, ToolCallType.WEB_SEARCH)
             assert await turns.find_orphan_candidates(conn, 0, 10) != []
             assert await turns.cas_finalize_orphan(conn, params.id, 0) == 1
-            assert await turns.find_running_by_chat_id(conn, scope, params.chat_id) is None
-            latest = await turns.find_latest_turn(conn, scope, params.chat_id)
+            assert (
+                await turns.find_running_by_chat_id(conn, scope, params.tenant_id, params.chat_id)
+                is None
+            )
+            latest = await turns.find_latest_turn(conn, scope, params.tenant_id, params.chat_id)
             assert latest is not None
             assert (latest.state, latest.web_search_completed_count) == (TurnState.FAILED, 1)
 
@@ -524,7 +558,7 @@ async def test_odd_schema_name_works_end_to_end(empty_dsn: str, schema: str) -> 
             failed = terminal_params(third, TurnState.FAILED)
             assert await turns.cas_update_state(conn, scope, failed) == 1
             await turns.soft_delete(conn, scope, third.id, None)
-            latest = await turns.find_latest_turn(conn, scope, params.chat_id)
+            latest = await turns.find_latest_turn(conn, scope, params.tenant_id, params.chat_id)
             assert latest is not None
             assert latest.id == second.id
             cur = await conn.execute(

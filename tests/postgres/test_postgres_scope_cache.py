@@ -52,7 +52,7 @@ async def test_each_new_scope_object_sees_only_its_own_tenant(
             scope = AccessScope.for_tenant(tenants[own])
             for which, turn in enumerate(turns):
                 found = await store.turns.find_by_chat_and_request_id(
-                    conn, scope, turn.chat_id, turn.request_id
+                    conn, scope, turn.tenant_id, turn.chat_id, turn.request_id
                 )
                 assert (found is not None) == (which == own), (i, which)
                 changed = await store.turns.update_progress_at(conn, scope, turn.id)

@@ -11,15 +11,18 @@ values of the example.
 
 The calls cover the 14 repository methods with ids drawn from small pools (3 tenants plus
 one that owns nothing, 4 chats, a few request and turn ids), so duplicates, running-turn
-conflicts, reused turn ids and out-of-scope rows are frequent; scopes of every shape
+conflicts, reused turn ids and out-of-scope rows are frequent; tenant and chat are drawn
+independently, so tenants often share a chat id (a chat is the pair: their keys, running
+turns and chat locks must stay apart); scopes of every shape
 (allow-all, deny-all, per tenant, per resource, unknown properties, ORs of constraints);
 autocommit calls; transactions that commit or roll back, with reads from outside the
 transaction in between; time moving forward and orphan sweeps; and a few calls with bad
 arguments. Ids are drawn so that calls often aim at a turn in a given state (running,
 finished, deleted, deleted while running) or at the turn and chat the previous call touched.
 
-After every step the whole table is compared, at most one running turn per chat is checked
-on both, and ``find_latest_turn`` under allow-all must agree for every chat; the same checks
+After every step the whole table is compared, at most one running turn per chat
+(tenant and chat id) is checked on both, and ``find_latest_turn`` under allow-all must agree
+for every chat of every tenant; the same checks
 run at the end of every transaction, through its own connections, before it commits or
 rolls back.
 
@@ -146,6 +149,11 @@ def _seen(attribute: str, otherwise: st.SearchStrategy[UUID]) -> st.SearchStrate
 _chats = _weighted(
     (3, _seen("recent_chats", _any_chat)), (2, _seen("busy_chats", _any_chat)), (1, _any_chat)
 )
+#: The tenant of a chat-taking call: drawn apart from the chat id, so a call often names
+#: another tenant's chat id (and, now and then, a tenant that owns nothing).
+_chat_tenants = _weighted(
+    (3, _seen("recent_tenants", _tenants)), (2, _tenants), (1, st.just(STRANGER))
+)
 _stored_turn_ids = _seen("stored_ids", _new_turn_ids)
 #: Turn ids, spread over the states a row can be in (running or not, deleted or not).
 _turn_ids = _weighted(
@@ -224,7 +232,7 @@ _bad_arguments = st.one_of(
     _call("find_orphan_candidates", st.sampled_from([-1, True]), _limits),
     _call("find_orphan_candidates", _timeouts, st.sampled_from([0, -3])),
     _call("cas_finalize_orphan", _turn_ids, st.just(-60)),
-    _call("find_by_chat_and_request_id", _scopes, _chats, st.just(str(REQUESTS[0]))),
+    _call("find_by_chat_and_request_id", _scopes, _chat_tenants, _chats, st.just(str(REQUESTS[0]))),
     _call("increment_tool_calls", _scopes, _turn_ids, st.just("bogus")),
 )
 
@@ -237,9 +245,9 @@ def _without_a_scope(call: Call) -> Call:
 
 #: Reads that never lock, so they can run beside an open transaction without waiting.
 _reads = _weighted(
-    (1, _call("find_by_chat_and_request_id", _scopes, _chats, _requests)),
-    (1, _call("find_running_by_chat_id", _scopes, _chats)),
-    (1, _call("find_latest_turn", _scopes, _chats)),
+    (1, _call("find_by_chat_and_request_id", _scopes, _chat_tenants, _chats, _requests)),
+    (1, _call("find_running_by_chat_id", _scopes, _chat_tenants, _chats)),
+    (1, _call("find_latest_turn", _scopes, _chat_tenants, _chats)),
     (1, _call("find_orphan_candidates", _timeouts, _limits)),
 )
 
@@ -252,7 +260,7 @@ _calls = _weighted(
     (2, _call("soft_delete", _scopes, _running_or_any, st.none() | _requests)),
     (2, _call("update_progress_at", _scopes, _turn_ids)),
     (2, _call("cas_finalize_orphan", _turn_ids, _timeouts)),
-    (2, _call("find_latest_for_update", _scopes, _chats)),
+    (2, _call("find_latest_for_update", _scopes, _chat_tenants, _chats)),
     (1, _call("update_preflight_fields", _scopes, update_preflight_params(turn_ids=_turn_ids))),
     (2, _call("increment_tool_calls", _scopes, _turn_ids, _pool(list(ToolCallType)))),
     (1, _bad_arguments),
@@ -352,6 +360,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         # The turns and chats the last few calls named or returned.
         self.recent_ids: list[UUID] = []
         self.recent_chats: list[UUID] = []
+        self.recent_tenants: list[UUID] = []
         self._run(self._truncate())
 
     def _run(self, coro: Awaitable[T]) -> T:
@@ -425,18 +434,24 @@ class DifferentialMachine(RuleBasedStateMachine):
             values.append(outcome.value)
         ids: list[UUID] = []
         chats: list[UUID] = []
+        tenants: list[UUID] = []
         for value in values:
             for name in ("id", "turn_id"):
                 if isinstance(found := getattr(value, name, None), UUID):
                     ids.append(found)
             if isinstance(found := getattr(value, "chat_id", None), UUID):
                 chats.append(found)
+            if isinstance(found := getattr(value, "tenant_id", None), UUID):
+                tenants.append(found)
             if isinstance(value, UUID) and value in _TURN_ID_SET:
                 ids.append(value)
             elif isinstance(value, UUID) and value in _CHAT_SET:
                 chats.append(value)
+            elif isinstance(value, UUID) and value in _TENANT_SET:
+                tenants.append(value)
         self.recent_ids = _newest(self.recent_ids, ids)
         self.recent_chats = _newest(self.recent_chats, chats)
+        self.recent_tenants = _newest(self.recent_tenants, tenants)
 
     def _note_states(self, turns: list[Turn]) -> None:
         """Sort the fake's rows by state, for the strategies to aim at each kind."""
@@ -522,39 +537,42 @@ class DifferentialMachine(RuleBasedStateMachine):
 
     # -- invariants -----------------------------------------------------------------------
 
-    async def _fake_rows(self, runner: Any) -> dict[tuple[UUID, UUID], Turn]:
-        """Every row of the fake as ``runner`` sees it: a turn's (chat, request) is unique
-        and drawn from the pools, so looking up every pair finds them all."""
-        rows: dict[tuple[UUID, UUID], Turn] = {}
+    async def _fake_rows(self, runner: Any) -> dict[tuple[UUID, UUID, UUID], Turn]:
+        """Every row of the fake as ``runner`` sees it: a turn's (tenant, chat, request) is
+        unique and drawn from the pools, so looking up every triple finds them all."""
+        rows: dict[tuple[UUID, UUID, UUID], Turn] = {}
         everything = AccessScope.allow_all()
-        for chat_id in CHATS:
-            for request_id in REQUESTS:
-                turn = await self.mem.turns.find_by_chat_and_request_id(
-                    runner, everything, chat_id, request_id
-                )
-                if turn is not None:
-                    rows[(chat_id, request_id)] = turn
+        for tenant_id in TENANTS:
+            for chat_id in CHATS:
+                for request_id in REQUESTS:
+                    turn = await self.mem.turns.find_by_chat_and_request_id(
+                        runner, everything, tenant_id, chat_id, request_id
+                    )
+                    if turn is not None:
+                        rows[(tenant_id, chat_id, request_id)] = turn
         return rows
 
-    async def _pg_rows(self, conn: Any) -> dict[tuple[UUID, UUID], Turn]:
+    async def _pg_rows(self, conn: Any) -> dict[tuple[UUID, UUID, UUID], Turn]:
         """Every row of the PostgreSQL table as ``conn`` sees it, read past the repository."""
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(sql.SQL("SELECT * FROM {}").format(self.table))
         turns = [Turn.model_validate(row) for row in await cur.fetchall()]
-        return {(t.chat_id, t.request_id): t for t in turns}
+        return {(t.tenant_id, t.chat_id, t.request_id): t for t in turns}
 
     async def _compare_tables(self, mem_runner: Any, pg_conn: Any, where: str) -> list[Turn]:
         """Assert that both tables hold the same rows; return the fake's."""
         fake_rows = await self._fake_rows(mem_runner)
         pg_rows = await self._pg_rows(pg_conn)
         assert sorted(fake_rows) == sorted(pg_rows), (
-            f"{where}: different (chat, request) keys: fake {sorted(fake_rows)}, "
+            f"{where}: different (tenant, chat, request) keys: fake {sorted(fake_rows)}, "
             f"PostgreSQL {sorted(pg_rows)}"
         )
         for key in sorted(fake_rows):
             self._compare_turns(fake_rows[key], pg_rows[key], f"{where}: row {key}")
         for name, rows in (("fake", fake_rows), ("PostgreSQL", pg_rows)):
-            running = Counter(t.chat_id for t in rows.values() if rules.holds_running_slot(t))
+            running = Counter(
+                (t.tenant_id, t.chat_id) for t in rows.values() if rules.holds_running_slot(t)
+            )
             assert all(n <= 1 for n in running.values()), f"{where}: {name}: running {running}"
         return list(fake_rows.values())
 
@@ -565,10 +583,15 @@ class DifferentialMachine(RuleBasedStateMachine):
     async def _compare_latest(self, mem_runner: Any, pg_conn: Any, where: str) -> None:
         """Assert that ``find_latest_turn`` under allow-all agrees for every chat."""
         everything = AccessScope.allow_all()
-        for chat_id in CHATS:
-            fake = await self.mem.turns.find_latest_turn(mem_runner, everything, chat_id)
-            pg = await self.pg.turns.find_latest_turn(pg_conn, everything, chat_id)
-            self._compare_turns(fake, pg, f"{where}: latest turn of chat {chat_id}")
+        for tenant_id in TENANTS:
+            for chat_id in CHATS:
+                fake = await self.mem.turns.find_latest_turn(
+                    mem_runner, everything, tenant_id, chat_id
+                )
+                pg = await self.pg.turns.find_latest_turn(pg_conn, everything, tenant_id, chat_id)
+                self._compare_turns(
+                    fake, pg, f"{where}: latest turn of chat {chat_id} of tenant {tenant_id}"
+                )
 
     async def _compare_committed_latest(self) -> None:
         async with self.mem.connection() as mem_runner, self.pg.connection() as pg_conn:
@@ -587,6 +610,7 @@ class DifferentialMachine(RuleBasedStateMachine):
 
 _TURN_ID_SET = frozenset(TURN_IDS)
 _CHAT_SET = frozenset(CHATS)
+_TENANT_SET = frozenset((*TENANTS, STRANGER))
 #: How many recently touched turns and chats the machine remembers.
 _RECENT = 3
 

@@ -156,7 +156,13 @@ async def test_reproductions_that_once_escaped_are_refused_before_any_write(
 
     # AttributeError: 'NoneType' object has no attribute 'permits'
     error = await run(
-        lambda: lc.delete_turn(None, COMPLETED_CHAT, completed.request_id, USER)  # type: ignore[arg-type]
+        lambda: lc.delete_turn(
+            None,  # type: ignore[arg-type]
+            completed.tenant_id,
+            COMPLETED_CHAT,
+            completed.request_id,
+            USER,
+        )
     )
     assert "scope must be an AccessScope" in str(error)
     # 'UUID' object has no attribute 'id'
@@ -164,7 +170,13 @@ async def test_reproductions_that_once_escaped_are_refused_before_any_write(
     assert "turn must be a Turn" in str(error)
     # ForbiddenError for a string actor id, instead of a parameter error
     error = await run(
-        lambda: lc.delete_turn(SCOPE, COMPLETED_CHAT, completed.request_id, str(USER))  # type: ignore[arg-type]
+        lambda: lc.delete_turn(
+            SCOPE,
+            completed.tenant_id,
+            COMPLETED_CHAT,
+            completed.request_id,
+            str(USER),  # type: ignore[arg-type]
+        )
     )
     assert "actor_user_id" in str(error)
     # find_orphan_candidates(c, 60, None) ran with no limit
@@ -254,19 +266,20 @@ def repository_calls(seeded: Seeded) -> dict[str, list[tuple[object, st.SearchSt
         "create_turn": [scope, (create, _params_hostile(create))],
         "find_by_chat_and_request_id": [
             scope,
+            (completed.tenant_id, _ID),
             (COMPLETED_CHAT, _ID),
             (completed.request_id, _ID),
         ],
-        "find_running_by_chat_id": [scope, (RUNNING_CHAT, _ID)],
+        "find_running_by_chat_id": [scope, (running.tenant_id, _ID), (RUNNING_CHAT, _ID)],
         "cas_update_state": [scope, (fail, _params_hostile(fail))],
         "cas_update_completed": [scope, (complete, _params_hostile(complete))],
         "set_assistant_message_id": [scope, (completed.id, _ID), (uuid4(), _ID)],
         "soft_delete": [scope, (completed.id, _ID), (None, _OPTIONAL_ID)],
-        "find_latest_turn": [scope, (COMPLETED_CHAT, _ID)],
+        "find_latest_turn": [scope, (completed.tenant_id, _ID), (COMPLETED_CHAT, _ID)],
         "update_progress_at": [scope, (running.id, _ID)],
         "find_orphan_candidates": [(0, int_hostile(0, INT4_MAX)), (10, int_hostile(1, INT4_MAX))],
         "cas_finalize_orphan": [(running.id, _ID), (0, int_hostile(0, INT4_MAX))],
-        "find_latest_for_update": [scope, (COMPLETED_CHAT, _ID)],
+        "find_latest_for_update": [scope, (completed.tenant_id, _ID), (COMPLETED_CHAT, _ID)],
         "update_preflight_fields": [scope, (preflight, _params_hostile(preflight))],
         "increment_tool_calls": [scope, (running.id, _ID), (ToolCallType.WEB_SEARCH, _TOOL)],
     }

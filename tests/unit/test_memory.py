@@ -106,7 +106,7 @@ async def create(store: InMemoryStore, **fields: Any) -> Turn:
 async def reload(store: InMemoryStore, turn: Turn) -> Turn:
     async with store.connection() as runner:
         found = await store.turns.find_by_chat_and_request_id(
-            runner, ALLOW, turn.chat_id, turn.request_id
+            runner, ALLOW, turn.tenant_id, turn.chat_id, turn.request_id
         )
     assert found is not None
     return found
@@ -203,9 +203,10 @@ def _conflicting(turn: Turn, rule: str) -> dict[str, Any]:
     """Fields of a second insert that collides with ``turn`` on one unique index only."""
     if rule == "id":
         return {"turn_id": turn.id}
+    chat = {"tenant_id": turn.tenant_id, "chat_id": turn.chat_id}
     if rule == "request":
-        return {"chat_id": turn.chat_id, "request_id": turn.request_id}
-    return {"chat_id": turn.chat_id}
+        return {**chat, "request_id": turn.request_id}
+    return chat
 
 
 CONFLICTS: dict[str, type[Exception]] = {
@@ -267,9 +268,16 @@ async def test_a_row_locked_for_update_does_not_make_inserts_wait(
 ) -> None:
     turn = await create(store)
     locker = await Txn(store).__aenter__()
-    assert await store.turns.find_latest_for_update(locker.runner, ALLOW, turn.chat_id) == turn
+    assert (
+        await store.turns.find_latest_for_update(locker.runner, ALLOW, turn.tenant_id, turn.chat_id)
+        == turn
+    )
     async with store.connection() as runner:
-        task = spawn(store.turns.create_turn(runner, ALLOW, make_params(chat_id=turn.chat_id)))
+        task = spawn(
+            store.turns.create_turn(
+                runner, ALLOW, make_params(chat_id=turn.chat_id, tenant_id=turn.tenant_id)
+            )
+        )
         assert not await is_blocked(task)
         with pytest.raises(GenerationInProgressError):
             await bounded(task)
@@ -294,7 +302,7 @@ async def test_latest_for_update_after_a_writer_that_bypassed_the_chat_lock(
 
     async def lock_latest() -> Turn | None:
         async with store.transaction() as runner:
-            return await store.turns.find_latest_for_update(runner, ALLOW, chat_id)
+            return await store.turns.find_latest_for_update(runner, ALLOW, tenant_id, chat_id)
 
     task = spawn(lock_latest())
     assert await is_blocked(task)
@@ -314,7 +322,9 @@ async def test_latest_for_update_waits_on_a_row_held_by_a_plain_writer(
 
     async def lock_latest() -> Turn | None:
         async with store.transaction() as runner:
-            return await store.turns.find_latest_for_update(runner, ALLOW, turn.chat_id)
+            return await store.turns.find_latest_for_update(
+                runner, ALLOW, turn.tenant_id, turn.chat_id
+            )
 
     task = spawn(lock_latest())
     assert await is_blocked(task)
@@ -330,11 +340,18 @@ async def test_latest_for_update_serializes_a_chat_without_turns(store: InMemory
     """The chat lock, not a row lock: nothing to lock yet, and still the second waits."""
     params = make_params()
     first = await Txn(store).__aenter__()
-    assert await store.turns.find_latest_for_update(first.runner, ALLOW, params.chat_id) is None
+    assert (
+        await store.turns.find_latest_for_update(
+            first.runner, ALLOW, params.tenant_id, params.chat_id
+        )
+        is None
+    )
 
     async def lock_latest() -> Turn | None:
         async with store.transaction() as runner:
-            return await store.turns.find_latest_for_update(runner, ALLOW, params.chat_id)
+            return await store.turns.find_latest_for_update(
+                runner, ALLOW, params.tenant_id, params.chat_id
+            )
 
     task = spawn(lock_latest())
     assert await is_blocked(task)
@@ -346,9 +363,14 @@ async def test_latest_for_update_serializes_a_chat_without_turns(store: InMemory
 async def test_latest_for_update_in_autocommit_releases_at_once(store: InMemoryStore) -> None:
     turn = await create(store)
     async with store.connection() as runner:
-        assert await store.turns.find_latest_for_update(runner, ALLOW, turn.chat_id) == turn
+        assert (
+            await store.turns.find_latest_for_update(runner, ALLOW, turn.tenant_id, turn.chat_id)
+            == turn
+        )
     async with store.transaction() as runner:
-        task = spawn(store.turns.find_latest_for_update(runner, ALLOW, turn.chat_id))
+        task = spawn(
+            store.turns.find_latest_for_update(runner, ALLOW, turn.tenant_id, turn.chat_id)
+        )
         assert not await is_blocked(task)
         assert await bounded(task) == turn
         assert await store.turns.update_progress_at(runner, ALLOW, turn.id) == 1
@@ -359,7 +381,7 @@ async def test_latest_for_update_keeps_the_row_locked_until_the_end(
 ) -> None:
     turn = await create(store)
     locker = await Txn(store).__aenter__()
-    await store.turns.find_latest_for_update(locker.runner, ALLOW, turn.chat_id)
+    await store.turns.find_latest_for_update(locker.runner, ALLOW, turn.tenant_id, turn.chat_id)
 
     async def finalize() -> int:
         async with store.connection() as runner:
@@ -392,7 +414,7 @@ async def test_deadlock_fails_the_longest_waiter_and_aborts_its_transaction(
         await bounded(first_waits)
     assert await is_blocked(second_waits)  # still waiting: the victim holds its lock on a
     with pytest.raises(InFailedSqlTransaction):
-        await store.turns.find_latest_turn(first.runner, ALLOW, a.chat_id)
+        await store.turns.find_latest_turn(first.runner, ALLOW, a.tenant_id, a.chat_id)
     await first.commit()  # a failed transaction can only roll back
     assert await bounded(second_waits) == 1
     await second.commit()
@@ -413,9 +435,11 @@ async def test_latest_and_orphans_inside_a_transaction_see_its_own_writes(
     clock.advance(400)
     async with store.transaction() as runner:
         await store.turns.soft_delete(runner, ALLOW, old.id, None)
-        assert await store.turns.find_latest_turn(runner, ALLOW, old.chat_id) is None
-        new = await store.turns.create_turn(runner, ALLOW, make_params(chat_id=old.chat_id))
-        assert await store.turns.find_latest_turn(runner, ALLOW, old.chat_id) == new
+        assert await store.turns.find_latest_turn(runner, ALLOW, old.tenant_id, old.chat_id) is None
+        new = await store.turns.create_turn(
+            runner, ALLOW, make_params(chat_id=old.chat_id, tenant_id=old.tenant_id)
+        )
+        assert await store.turns.find_latest_turn(runner, ALLOW, old.tenant_id, old.chat_id) == new
         assert [t.id for t in await store.turns.find_orphan_candidates(runner, 300, 10)] == [
             stale.id
         ]
@@ -423,7 +447,9 @@ async def test_latest_and_orphans_inside_a_transaction_see_its_own_writes(
         assert await store.turns.find_orphan_candidates(runner, 300, 10) == []
         async with store.connection() as other:
             # Outside, nothing of that is visible yet.
-            assert await store.turns.find_latest_turn(other, ALLOW, old.chat_id) == old
+            assert (
+                await store.turns.find_latest_turn(other, ALLOW, old.tenant_id, old.chat_id) == old
+            )
             outside = await store.turns.find_orphan_candidates(other, 300, 10)
             assert [t.id for t in outside] == [stale.id]
         clock.advance(400)
@@ -441,13 +467,21 @@ async def test_running_turn_ended_inside_a_transaction_is_gone_only_there(
             await store.turns.cas_update_completed(runner, ALLOW, complete_params(turn))
         else:
             await store.turns.soft_delete(runner, ALLOW, turn.id, None)
-        assert await store.turns.find_running_by_chat_id(runner, ALLOW, turn.chat_id) is None
+        assert (
+            await store.turns.find_running_by_chat_id(runner, ALLOW, turn.tenant_id, turn.chat_id)
+            is None
+        )
         # The chat's running slot is free for this transaction's own next turn.
-        params = make_params(chat_id=turn.chat_id)
+        params = make_params(chat_id=turn.chat_id, tenant_id=turn.tenant_id)
         created = await store.turns.create_turn(runner, ALLOW, params)
-        assert await store.turns.find_running_by_chat_id(runner, ALLOW, turn.chat_id) == created
+        assert (
+            await store.turns.find_running_by_chat_id(runner, ALLOW, turn.tenant_id, turn.chat_id)
+            == created
+        )
         async with store.connection() as other:
-            outside = await store.turns.find_running_by_chat_id(other, ALLOW, turn.chat_id)
+            outside = await store.turns.find_running_by_chat_id(
+                other, ALLOW, turn.tenant_id, turn.chat_id
+            )
             assert outside == turn
 
 
@@ -475,11 +509,11 @@ async def test_a_runner_is_unusable_after_its_block(store: InMemoryStore) -> Non
     async with store.connection() as runner:
         pass
     with pytest.raises(StoreUnavailableError):
-        await store.turns.find_latest_turn(runner, ALLOW, uuid4())
+        await store.turns.find_latest_turn(runner, ALLOW, uuid4(), uuid4())
     async with store.transaction() as txn_runner:
         pass
     with pytest.raises(StoreUnavailableError):
-        await store.turns.find_latest_turn(txn_runner, ALLOW, uuid4())
+        await store.turns.find_latest_turn(txn_runner, ALLOW, uuid4(), uuid4())
 
 
 async def test_a_closed_store_refuses_runners() -> None:
@@ -496,7 +530,7 @@ async def test_a_closed_store_refuses_runners() -> None:
 
 async def test_a_foreign_runner_is_refused(store: InMemoryStore) -> None:
     with pytest.raises(TypeError, match="InMemoryStore"):
-        await store.turns.find_latest_turn(object(), ALLOW, uuid4())  # type: ignore[arg-type]
+        await store.turns.find_latest_turn(object(), ALLOW, uuid4(), uuid4())  # type: ignore[arg-type]
 
 
 async def test_calls_on_one_runner_are_serialized(store: InMemoryStore) -> None:
@@ -507,7 +541,7 @@ async def test_calls_on_one_runner_are_serialized(store: InMemoryStore) -> None:
         blocked = spawn(store.turns.update_progress_at(runner, ALLOW, turn.id))
         assert await is_blocked(blocked)
         # The same runner is busy: even a read on it waits its turn, as on a connection.
-        read = spawn(store.turns.find_latest_turn(runner, ALLOW, turn.chat_id))
+        read = spawn(store.turns.find_latest_turn(runner, ALLOW, turn.tenant_id, turn.chat_id))
         assert await is_blocked(read)
         await holder.commit()
         assert await bounded(blocked) == 1
@@ -544,17 +578,23 @@ async def test_returned_turns_are_copies(store: InMemoryStore) -> None:
     created.__dict__["state"] = TurnState.FAILED
     object.__setattr__(created, "error_code", "tampered")
     async with store.connection() as runner:
-        found = await store.turns.find_running_by_chat_id(runner, ALLOW, created.chat_id)
+        found = await store.turns.find_running_by_chat_id(
+            runner, ALLOW, created.tenant_id, created.chat_id
+        )
         assert found is not None
         assert found.error_code is None
         found.__dict__["deleted_at"] = datetime.now(timezone.utc)
-        latest = await store.turns.find_latest_turn(runner, ALLOW, created.chat_id)
+        latest = await store.turns.find_latest_turn(
+            runner, ALLOW, created.tenant_id, created.chat_id
+        )
         assert latest is not None
         assert latest.deleted_at is None
         assert latest is not found
         for listed in await store.turns.find_orphan_candidates(runner, 0, 10):
             listed.__dict__["state"] = TurnState.CANCELLED
-        locked = await store.turns.find_latest_for_update(runner, ALLOW, created.chat_id)
+        locked = await store.turns.find_latest_for_update(
+            runner, ALLOW, created.tenant_id, created.chat_id
+        )
         assert locked is not None
         locked.__dict__["state"] = TurnState.CANCELLED
     again = await reload(store, created)
@@ -595,9 +635,10 @@ async def test_lookups_do_not_walk_the_rows(
     clock = store.clock
     assert isinstance(clock, ManualClock)
     chats = [uuid4() for _ in range(200)]
+    tenant = uuid4()
     async with store.connection() as runner:
         for i in range(2000):
-            params = make_params(chat_id=chats[i % len(chats)])
+            params = make_params(chat_id=chats[i % len(chats)], tenant_id=tenant)
             turn = await store.turns.create_turn(runner, ALLOW, params)
             if i < 1990:
                 await store.turns.cas_update_completed(runner, ALLOW, complete_params(turn))
@@ -624,10 +665,12 @@ async def test_lookups_do_not_walk_the_rows(
     repo = store.turns
     scope = AccessScope.for_tenant(target.tenant_id)
     lookups: list[Callable[[InMemoryConnection], Awaitable[object]]] = [
-        lambda r: repo.find_by_chat_and_request_id(r, scope, target.chat_id, target.request_id),
-        lambda r: repo.find_running_by_chat_id(r, scope, target.chat_id),
-        lambda r: repo.find_latest_turn(r, scope, target.chat_id),
-        lambda r: repo.find_latest_for_update(r, scope, target.chat_id),
+        lambda r: repo.find_by_chat_and_request_id(
+            r, scope, target.tenant_id, target.chat_id, target.request_id
+        ),
+        lambda r: repo.find_running_by_chat_id(r, scope, target.tenant_id, target.chat_id),
+        lambda r: repo.find_latest_turn(r, scope, target.tenant_id, target.chat_id),
+        lambda r: repo.find_latest_for_update(r, scope, target.tenant_id, target.chat_id),
         lambda r: repo.update_progress_at(r, scope, target.id),
         lambda r: repo.find_orphan_candidates(r, 300, 3),
     ]
@@ -697,14 +740,14 @@ def test_system_clock_strictly_increases() -> None:
 
 
 async def test_turns_created_later_sort_later_under_a_still_clock(store: InMemoryStore) -> None:
-    chat_id = uuid4()
+    chat_id, tenant_id = uuid4(), uuid4()
     async with store.transaction() as runner:
         made = []
         for turn_id in reversed(ordered_ids(5)):  # ids descending: only time can order them
-            params = make_params(chat_id=chat_id, turn_id=turn_id)
+            params = make_params(chat_id=chat_id, tenant_id=tenant_id, turn_id=turn_id)
             made.append(await store.turns.create_turn(runner, ALLOW, params))
             await store.turns.cas_update_completed(runner, ALLOW, complete_params(made[-1]))
-        latest = await store.turns.find_latest_turn(runner, ALLOW, chat_id)
+        latest = await store.turns.find_latest_turn(runner, ALLOW, tenant_id, chat_id)
     assert latest is not None
     assert latest.id == made[-1].id
     assert [t.started_at for t in made] == sorted({t.started_at for t in made})

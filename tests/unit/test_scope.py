@@ -328,3 +328,28 @@ def test_scopes_are_frozen_values() -> None:
         scope.unrestricted = True  # type: ignore[misc]
     assert scope == AccessScope.for_tenant(TENANTS[0])
     assert not scope.permits(_row(tenant_id=TENANTS[1], turn_id=TURN_IDS[0]))
+
+
+def test_permits_tenant_is_a_pure_check_of_tenant_only_constraints() -> None:
+    """docs/design.md, *Access scopes*: a scope sees a chat whole only when it permits every
+    turn of the tenant; a constraint with an ``id`` filter needs a row."""
+    tenant, other, turn = uuid4(), uuid4(), uuid4()
+    assert AccessScope.allow_all().permits_tenant(tenant)
+    assert AccessScope.for_tenant(tenant).permits_tenant(tenant)
+    assert AccessScope.for_tenants([other, tenant]).permits_tenant(tenant)
+    assert not AccessScope.for_tenant(other).permits_tenant(tenant)
+    assert not AccessScope.deny_all().permits_tenant(tenant)
+    assert not AccessScope.for_resource(turn).permits_tenant(tenant)
+    narrowed = AccessScope.from_constraints(
+        [ScopeConstraint([ScopeFilter.eq("owner_tenant_id", tenant), ScopeFilter.eq("id", turn)])]
+    )
+    assert not narrowed.permits_tenant(tenant)
+    either = AccessScope.from_constraints(
+        [
+            ScopeConstraint([ScopeFilter.eq("id", turn)]),
+            ScopeConstraint([ScopeFilter.in_("owner_tenant_id", [tenant])]),
+        ]
+    )
+    assert either.permits_tenant(tenant)
+    unknown = AccessScope.from_constraints([ScopeConstraint([ScopeFilter.eq("owner", tenant)])])
+    assert not unknown.permits_tenant(tenant)

@@ -10,14 +10,15 @@ copy of the rules: every decision calls the pure functions of ``turnstore.rules`
   predicate on the committed row, as PostgreSQL's EvalPlanQual does;
 - an insert that collides with another open transaction's uncommitted row waits for that
   transaction, then fails with the typed error if it committed or goes on if it rolled back;
-- ``find_latest_for_update`` serializes the chat, like the PostgreSQL backend's
-  transaction-level advisory lock;
+- ``find_latest_for_update`` serializes the chat (its tenant and chat id), like the
+  PostgreSQL backend's transaction-level advisory lock, and only for a chat the caller's
+  scope can see;
 - a transaction that raises leaves no trace;
 - outside a transaction each call is a statement of its own; one that finds its rows free
   never waits, so it commits directly, without the bookkeeping a wait would need.
 
-Rows are indexed by id, by ``(chat_id, request_id)``, by the running turn of each chat, by
-``(started_at, id)`` per chat and by ``(last_progress_at, id)`` over running turns, so no
+Rows are indexed by id, by ``(tenant_id, chat_id, request_id)``, by the running turn of each
+chat, by ``(started_at, id)`` per chat and by ``(last_progress_at, id)`` over running turns, so no
 lookup walks all rows. Stored rows are never handed out: callers get copies.
 """
 

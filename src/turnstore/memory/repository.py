@@ -21,7 +21,7 @@ from turnstore.memory.connection import (
     idle_autocommit,
     statement,
 )
-from turnstore.memory.database import Database, Transaction
+from turnstore.memory.database import Database, Transaction, chat_key
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -129,9 +129,9 @@ class InMemoryTurnRepository:
     ) -> TurnStoreError:
         """The refusal ``rules.insert_refusal`` picks from the conflicts ``txn`` sees. Called
         only when ``insert_blocker`` found a conflicting row ``txn`` sees, so there is one."""
-        existing_id = db.by_request.get((params.chat_id, params.request_id))
+        existing_id = db.by_request.get((params.tenant_id, params.chat_id, params.request_id))
         existing = db.get(txn, existing_id) if existing_id is not None else None
-        running = db.running_turn(txn, params.chat_id)
+        running = db.running_turn(txn, chat_key(params))
         refusal = rules.insert_refusal(
             params,
             id_taken=db.get(txn, params.id) is not None,
@@ -143,23 +143,30 @@ class InMemoryTurnRepository:
         return refusal
 
     async def find_by_chat_and_request_id(
-        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID, request_id: UUID
+        self,
+        runner: InMemoryConnection,
+        scope: AccessScope,
+        tenant_id: UUID,
+        chat_id: UUID,
+        request_id: UUID,
     ) -> Turn | None:
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
         check_scope(scope)
         async with statement(runner) as (db, txn):
-            turn_id = db.by_request.get((chat_id, request_id))
+            turn_id = db.by_request.get((tenant_id, chat_id, request_id))
             turn = db.get(txn, turn_id) if turn_id is not None else None
             return _out(turn) if turn is not None and scope.permits(turn) else None
 
     async def find_running_by_chat_id(
-        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
+        self, runner: InMemoryConnection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_scope(scope)
         async with statement(runner) as (db, txn):
-            turn = db.running_turn(txn, chat_id)
+            turn = db.running_turn(txn, (tenant_id, chat_id))
             return _out(turn) if turn is not None and scope.permits(turn) else None
 
     async def cas_update_state(
@@ -254,12 +261,13 @@ class InMemoryTurnRepository:
             raise TurnNotFoundError(turn_id)
 
     async def find_latest_turn(
-        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
+        self, runner: InMemoryConnection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_scope(scope)
         async with statement(runner) as (db, txn):
-            return _out(db.latest_turn(txn, scope, chat_id))
+            return _out(db.latest_turn(txn, scope, (tenant_id, chat_id)))
 
     async def update_progress_at(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
@@ -303,19 +311,25 @@ class InMemoryTurnRepository:
         )
 
     async def find_latest_for_update(
-        self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
+        self, runner: InMemoryConnection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
         """Take the chat's lock, lock the latest turn, then re-read the latest: when a
         transaction that bypassed the chat lock replaced the row waited on, go again
-        (as the PostgreSQL backend does, a bounded number of times)."""
+        (as the PostgreSQL backend does, a bounded number of times).
+
+        The chat lock is keyed by tenant and chat and taken only for a chat the scope can
+        see: one whose tenant it permits as a whole, or one where it sees a live turn."""
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_scope(scope)
+        chat = (tenant_id, chat_id)
         async with statement(runner) as (db, txn):
-            await db.lock_chat(txn, chat_id)
+            if scope.permits_tenant(tenant_id) or db.latest_turn(txn, scope, chat) is not None:
+                await db.lock_chat(txn, chat)
             turn: Turn | None = None
             for _ in range(rules.MAX_RELOCKS):
-                turn = await db.select_latest_for_update(txn, scope, chat_id)
-                latest = db.latest_turn(txn, scope, chat_id)
+                turn = await db.select_latest_for_update(txn, scope, chat)
+                latest = db.latest_turn(txn, scope, chat)
                 if (turn.id if turn else None) == (latest.id if latest else None):
                     break
             return _out(turn)

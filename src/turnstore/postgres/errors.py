@@ -45,10 +45,12 @@ def unique_violation_error(exc: UniqueViolation) -> TurnStoreError | None:
     constraint = exc.diag.constraint_name
     if constraint == "chat_turns_pkey" and len(ids) == 1:
         return DuplicateTurnIdError(ids[0])
-    if constraint == "chat_turns_chat_request_key" and len(ids) == 2:
-        return DuplicateRequestError(ids[0], ids[1])
-    if constraint == "chat_turns_one_running_per_chat" and len(ids) == 1:
-        return GenerationInProgressError(ids[0])
+    # The keys are (tenant_id, chat_id, request_id) and (tenant_id, chat_id): see
+    # sql/0003_tenant_keys.sql.
+    if constraint == "chat_turns_tenant_chat_request_key" and len(ids) == 3:
+        return DuplicateRequestError(ids[1], ids[2])
+    if constraint == "chat_turns_one_running_per_tenant_chat" and len(ids) == 2:
+        return GenerationInProgressError(ids[1])
     return None
 
 

@@ -20,7 +20,8 @@ Advisory lock classes (two-key form ``pg_advisory[_xact]_lock(class, key)``) use
 a host should not use these class ids for its own locks:
 
 - ``CHAT_LOCK_CLASS`` (1414742856, ASCII ``TSCH``): serializes ``find_latest_for_update``
-  per chat, key ``hashtext(chat_id::text)``, held until the transaction ends.
+  per chat, key ``hashtext(tenant_id::text || chat_id::text)`` (a chat is identified by
+  tenant and chat), held until the transaction ends.
 - ``MIGRATION_LOCK_CLASS`` (1414745415, ASCII ``TSMG``): serializes ``migrate`` per schema,
   key ``hashtext(schema)``, held for the duration of the run.
 """
@@ -49,6 +50,7 @@ __all__ = [
     "LATEST_FOR_UPDATE",
     "LATEST_ID",
     "LOCK_CHAT",
+    "LOCK_VISIBLE_CHAT",
     "MIGRATION_LOCK",
     "MIGRATION_LOCK_CLASS",
     "MIGRATION_UNLOCK",
@@ -144,11 +146,11 @@ RETURNING
 CLASSIFY_CONFLICT = """
 SELECT
     EXISTS (SELECT 1 FROM {turns} WHERE id = %s),
-    (SELECT id FROM {turns} WHERE chat_id = %s AND request_id = %s),
+    (SELECT id FROM {turns} WHERE tenant_id = %s AND chat_id = %s AND request_id = %s),
     (SELECT id FROM {turns}
-      WHERE chat_id = %s AND state = 'running' AND deleted_at IS NULL),
+      WHERE tenant_id = %s AND chat_id = %s AND state = 'running' AND deleted_at IS NULL),
     ARRAY(SELECT id FROM {turns}
-           WHERE chat_id = %s
+           WHERE tenant_id = %s AND chat_id = %s
              AND (request_id = %s OR (state = 'running' AND deleted_at IS NULL))
              AND ({scope}))
 """
@@ -163,7 +165,7 @@ SELECT
     file_search_completed_count, deleted_at, replaced_by_request_id,
     started_at, last_progress_at, completed_at, updated_at
 FROM {turns}
-WHERE chat_id = %s AND request_id = %s AND ({scope})
+WHERE tenant_id = %s AND chat_id = %s AND request_id = %s AND ({scope})
 """
 
 FIND_RUNNING = """
@@ -176,7 +178,8 @@ SELECT
     file_search_completed_count, deleted_at, replaced_by_request_id,
     started_at, last_progress_at, completed_at, updated_at
 FROM {turns}
-WHERE chat_id = %s AND state = 'running' AND deleted_at IS NULL AND ({scope})
+WHERE tenant_id = %s AND chat_id = %s AND state = 'running' AND deleted_at IS NULL
+  AND ({scope})
 """
 
 CAS_STATE = """
@@ -235,7 +238,7 @@ SELECT
     file_search_completed_count, deleted_at, replaced_by_request_id,
     started_at, last_progress_at, completed_at, updated_at
 FROM {turns}
-WHERE chat_id = %s AND deleted_at IS NULL AND ({scope})
+WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope})
 ORDER BY started_at DESC, id DESC
 LIMIT 1
 """
@@ -276,8 +279,18 @@ WHERE id = %s AND state = 'running' AND deleted_at IS NULL
   AND last_progress_at <= clock.ts - make_interval(secs => %s)
 """
 
-# 1414742856 is CHAT_LOCK_CLASS.
-LOCK_CHAT = "SELECT pg_advisory_xact_lock(1414742856, hashtext(%s::text))"
+# 1414742856 is CHAT_LOCK_CLASS. For a scope that permits the whole tenant (a pure check,
+# ``AccessScope.permits_tenant``).
+LOCK_CHAT = "SELECT pg_advisory_xact_lock(1414742856, hashtext(%s::text || %s::text))"
+
+# The chat lock for any other scope (one that names turns): taken only when the scope sees
+# a live turn of the chat, checked in the same statement, so a caller never holds, or waits
+# for, the lock of a chat it cannot see (docs/design.md, *The latest-turn lock*).
+LOCK_VISIBLE_CHAT = """
+SELECT pg_advisory_xact_lock(1414742856, hashtext(%s::text || %s::text))
+WHERE EXISTS (SELECT 1 FROM {turns}
+               WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope}))
+"""
 
 LATEST_FOR_UPDATE = """
 SELECT
@@ -289,7 +302,7 @@ SELECT
     file_search_completed_count, deleted_at, replaced_by_request_id,
     started_at, last_progress_at, completed_at, updated_at
 FROM {turns}
-WHERE chat_id = %s AND deleted_at IS NULL AND ({scope})
+WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope})
 ORDER BY started_at DESC, id DESC
 LIMIT 1
 FOR UPDATE
@@ -298,7 +311,7 @@ FOR UPDATE
 LATEST_ID = """
 SELECT id
 FROM {turns}
-WHERE chat_id = %s AND deleted_at IS NULL AND ({scope})
+WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope})
 ORDER BY started_at DESC, id DESC
 LIMIT 1
 """

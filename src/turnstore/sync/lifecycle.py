@@ -21,6 +21,7 @@ from turnstore.errors import (
     DuplicateTurnIdError,
     GenerationInProgressError,
     NotLatestTurnError,
+    TurnNotFoundError,
 )
 from turnstore.ids import new_uuid7
 from turnstore.lifecycle import (
@@ -162,7 +163,7 @@ class TurnLifecycle(Generic[RunnerT]):
                     DuplicateTurnIdError,
                 ) as exc:
                     existing = self.turns.find_by_chat_and_request_id(
-                        run, scope, params.chat_id, params.request_id
+                        run, scope, params.tenant_id, params.chat_id, params.request_id
                     )
                     if existing is not None:
                         return _outcome_of(decide_start(existing, None), existing)
@@ -172,7 +173,9 @@ class TurnLifecycle(Generic[RunnerT]):
                         return StartOutcome(
                             StartKind.REJECTED, reason=RejectReason.REQUEST_ID_CONFLICT
                         )
-                    running = self.turns.find_running_by_chat_id(run, scope, params.chat_id)
+                    running = self.turns.find_running_by_chat_id(
+                        run, scope, params.tenant_id, params.chat_id
+                    )
                     if running is not None:
                         return _generation_in_progress(running, exc.running_turn_id)
                     refused = exc
@@ -280,18 +283,30 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> FinalizeOutcome:
         with self._on(runner, atomic=hook is not None) as run:
             won = cas(run) == 1
-            if not won or hook is None:
-                return FinalizeOutcome(turn.id, state, won)
+            if not won:
+                self._require_visible(run, scope, turn)
+                return FinalizeOutcome(turn.id, state, False)
+            if hook is None:
+                return FinalizeOutcome(turn.id, state, True)
             final = self.turns.find_by_chat_and_request_id(
-                run, scope, turn.chat_id, turn.request_id
+                run, scope, turn.tenant_id, turn.chat_id, turn.request_id
             )
             assert final is not None, "the finalized turn is in scope: the CAS just saw it"
             hook(run, final)
             return FinalizeOutcome(turn.id, state, True, final)
 
+    def _require_visible(self, run: RunnerT, scope: AccessScope, turn: Turn) -> None:
+        """``TurnNotFoundError`` unless ``turn`` exists and ``scope`` permits it."""
+        found = self.turns.find_by_chat_and_request_id(
+            run, scope, turn.tenant_id, turn.chat_id, turn.request_id
+        )
+        if found is None or found.id != turn.id:
+            raise TurnNotFoundError(turn.id)
+
     def retry_turn(
         self,
         scope: AccessScope,
+        tenant_id: UUID,
         chat_id: UUID,
         request_id: UUID,
         actor_user_id: UUID | None,
@@ -302,12 +317,20 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> MutationResult:
         """Replace the chat's last turn by a new running turn with a new request id."""
         return self._mutate(
-            MutationKind.RETRY, scope, chat_id, request_id, actor_user_id, new_turn_id, hook, runner
+            MutationKind.RETRY,
+            scope,
+            (tenant_id, chat_id),
+            request_id,
+            actor_user_id,
+            new_turn_id,
+            hook,
+            runner,
         )
 
     def edit_turn(
         self,
         scope: AccessScope,
+        tenant_id: UUID,
         chat_id: UUID,
         request_id: UUID,
         actor_user_id: UUID | None,
@@ -319,12 +342,20 @@ class TurnLifecycle(Generic[RunnerT]):
         """Like ``retry_turn``; the host writes the edited user message in the same
         transaction (through ``hook`` or its own ``runner``)."""
         return self._mutate(
-            MutationKind.EDIT, scope, chat_id, request_id, actor_user_id, new_turn_id, hook, runner
+            MutationKind.EDIT,
+            scope,
+            (tenant_id, chat_id),
+            request_id,
+            actor_user_id,
+            new_turn_id,
+            hook,
+            runner,
         )
 
     def delete_turn(
         self,
         scope: AccessScope,
+        tenant_id: UUID,
         chat_id: UUID,
         request_id: UUID,
         actor_user_id: UUID | None,
@@ -334,32 +365,52 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> MutationResult:
         """Soft-delete the chat's last turn."""
         return self._mutate(
-            MutationKind.DELETE, scope, chat_id, request_id, actor_user_id, None, hook, runner
+            MutationKind.DELETE,
+            scope,
+            (tenant_id, chat_id),
+            request_id,
+            actor_user_id,
+            None,
+            hook,
+            runner,
         )
 
     def _mutate(
         self,
         kind: MutationKind,
         scope: AccessScope,
-        chat_id: UUID,
+        chat: tuple[UUID, UUID],
         request_id: UUID,
         actor_user_id: UUID | None,
         new_turn_id: UUID | None,
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
     ) -> MutationResult:
+        tenant_id, chat_id = chat
         check_scope(scope)
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
         check_optional_uuid("actor_user_id", actor_user_id)
         check_optional_uuid("new_turn_id", new_turn_id)
         _check_hook(hook)
         with self._on(runner, atomic=True) as run:
-            latest = self.turns.find_latest_for_update(run, _WHOLE_CHAT, chat_id)
-            if latest is not None and latest.request_id == request_id and scope.permits(latest):
-                target: Turn | None = latest
+            target: Turn | None = None
+            if scope.permits_tenant(tenant_id):
+                latest = self.turns.find_latest_for_update(run, scope, tenant_id, chat_id)
             else:
-                target = self.turns.find_by_chat_and_request_id(run, scope, chat_id, request_id)
+                target = self.turns.find_by_chat_and_request_id(
+                    run, scope, tenant_id, chat_id, request_id
+                )
+                if target is None:
+                    raise TurnNotFoundError(chat_id=chat_id, request_id=request_id)
+                latest = self.turns.find_latest_for_update(run, _WHOLE_CHAT, tenant_id, chat_id)
+            if latest is not None and latest.request_id == request_id and scope.permits(latest):
+                target = latest
+            else:
+                target = self.turns.find_by_chat_and_request_id(
+                    run, scope, tenant_id, chat_id, request_id
+                )
             rejection = mutation_rejection(
                 target, latest, actor_user_id, chat_id=chat_id, request_id=request_id
             )
@@ -380,7 +431,7 @@ class TurnLifecycle(Generic[RunnerT]):
                     scope,
                     CreateTurnParams(
                         id=new_turn_id or new_uuid7(),
-                        tenant_id=target.tenant_id,
+                        tenant_id=tenant_id,
                         chat_id=chat_id,
                         request_id=new_request_id,
                         requester_type=RequesterType.USER,

@@ -170,7 +170,11 @@ class OrphanWatchdog(Generic[RunnerT]):
             if won != 1:
                 return None
             final = turns.find_by_chat_and_request_id(
-                runner, AccessScope.allow_all(), candidate.chat_id, candidate.request_id
+                runner,
+                AccessScope.allow_all(),
+                candidate.tenant_id,
+                candidate.chat_id,
+                candidate.request_id,
             )
             assert final is not None, "the CAS just updated this row"
             if self._hook is not None:

@@ -1,11 +1,12 @@
 # WARNING: this file is generated from src/turnstore/memory/database.py by tools/async_to_sync.py; do not edit.
 """The fake's storage engine: rows, their indexes, row and chat locks, waits and
-transactions, as PostgreSQL's READ COMMITTED has them.
+transactions, as PostgreSQL's READ COMMITTED has them. A chat is identified by its
+``ChatKey``, ``(tenant_id, chat_id)``: two tenants' chats with the same id never meet.
 
 Each row keeps its committed version and at most one open transaction's pending version;
 a transaction sees the committed rows plus its own writes. Rows are indexed by id, by
-``(chat_id, request_id)``, by the running turn of each chat, by ``(started_at, id)`` per
-chat and by ``(last_progress_at, id)`` over running turns, so no lookup walks all rows.
+``(tenant_id, chat_id, request_id)``, by the running turn of each chat, by ``(started_at, id)``
+per chat and by ``(last_progress_at, id)`` over running turns, so no lookup walks all rows.
 A write to a row another open transaction holds waits for it to end, then re-checks its
 predicate on the newly committed version, as PostgreSQL's EvalPlanQual does; a wait that
 closes a cycle fails with ``DeadlockDetected``.
@@ -28,7 +29,13 @@ from turnstore.memory.database import _Key, _latest_key, _orphan_key
 from turnstore.model import CreateTurnParams, Turn
 from turnstore.scope import AccessScope
 
-__all__ = ["Database", "Row", "Transaction"]
+__all__ = ["ChatKey", "Database", "Row", "Transaction", "chat_key"]
+ChatKey = tuple[UUID, UUID]
+
+
+def chat_key(turn: Turn | CreateTurnParams) -> ChatKey:
+    """The chat a turn (or a new one) belongs to."""
+    return (turn.tenant_id, turn.chat_id)
 
 
 class Transaction:
@@ -48,9 +55,9 @@ class Transaction:
 
     def __init__(self) -> None:
         self.written: set[UUID] = set()
-        self.chat_writes: dict[UUID, set[UUID]] = {}
+        self.chat_writes: dict[ChatKey, set[UUID]] = {}
         self.locked: set[UUID] = set()
-        self.chat_locks: set[UUID] = set()
+        self.chat_locks: set[ChatKey] = set()
         self.waiters: list[Waiter] = []
         self.waiting_on: Transaction | None = None
         self.wait_future: Waiter | None = None
@@ -92,11 +99,11 @@ class Database:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.rows: dict[UUID, Row] = {}
-        self.by_request: dict[tuple[UUID, UUID], UUID] = {}
-        self.running: dict[UUID, set[UUID]] = {}
-        self.latest: dict[UUID, list[_Key]] = {}
+        self.by_request: dict[tuple[UUID, UUID, UUID], UUID] = {}
+        self.running: dict[ChatKey, set[UUID]] = {}
+        self.latest: dict[ChatKey, list[_Key]] = {}
         self.orphan_order: list[_Key] = []
-        self.chat_locks: dict[UUID, Transaction] = {}
+        self.chat_locks: dict[ChatKey, Transaction] = {}
         self.wait_seq = 0
         self.monitor = Monitor()
 
@@ -128,7 +135,7 @@ class Database:
         ``insert_blocker`` let through without waiting."""
         row = Row(committed=turn)
         self.rows[turn.id] = row
-        self.by_request[turn.chat_id, turn.request_id] = turn.id
+        self.by_request[turn.tenant_id, turn.chat_id, turn.request_id] = turn.id
         self._reindex_committed(None, turn)
         self._refresh_running(turn.id, turn, row)
 
@@ -154,7 +161,7 @@ class Database:
             self._refresh_running(turn_id, pending, row)
             if row.committed is None:
                 del self.rows[turn_id]
-                del self.by_request[pending.chat_id, pending.request_id]
+                del self.by_request[pending.tenant_id, pending.chat_id, pending.request_id]
         self._release(txn)
 
     def _release(self, txn: Transaction) -> None:
@@ -162,9 +169,9 @@ class Database:
             row = self.rows.get(turn_id)
             if row is not None and row.holder is txn:
                 row.holder = None
-        for chat_id in txn.chat_locks:
-            if self.chat_locks.get(chat_id) is txn:
-                del self.chat_locks[chat_id]
+        for chat in txn.chat_locks:
+            if self.chat_locks.get(chat) is txn:
+                del self.chat_locks[chat]
         txn.written.clear()
         txn.chat_writes.clear()
         txn.locked.clear()
@@ -204,11 +211,11 @@ class Database:
         finally:
             txn.waiting_on, txn.wait_future = (None, None)
 
-    def lock_chat(self, txn: Transaction, chat_id: UUID) -> None:
-        while (holder := self.chat_locks.get(chat_id)) is not None and holder is not txn:
+    def lock_chat(self, txn: Transaction, chat: ChatKey) -> None:
+        while (holder := self.chat_locks.get(chat)) is not None and holder is not txn:
             self.wait_for(txn, holder)
-        self.chat_locks[chat_id] = txn
-        txn.chat_locks.add(chat_id)
+        self.chat_locks[chat] = txn
+        txn.chat_locks.add(chat)
 
     def lock_row(
         self,
@@ -243,7 +250,7 @@ class Database:
         row.pending, row.writer, row.holder = (new, txn, txn)
         txn.written.add(new.id)
         txn.locked.add(new.id)
-        txn.chat_writes.setdefault(new.chat_id, set()).add(new.id)
+        txn.chat_writes.setdefault(chat_key(new), set()).add(new.id)
         self._refresh_running(new.id, new, row)
 
     def insert_blocker(self, txn: Transaction, params: CreateTurnParams) -> Transaction | bool:
@@ -251,12 +258,12 @@ class Database:
 
         Returns the open transaction to wait for, ``True`` on a collision with a row this
         transaction sees, ``False`` when the insert may go ahead. The indexes are checked
-        in PostgreSQL's order: primary key, ``(chat_id, request_id)``, one running turn per
-        chat. A row another open transaction is writing is waited for whatever its
+        in PostgreSQL's order: primary key, ``(tenant_id, chat_id, request_id)``, one running
+        turn per chat. A row another open transaction is writing is waited for whatever its
         pending version holds, as PostgreSQL waits on a tuple whose inserter or updater
         is still in progress.
         """
-        key_holder = self.by_request.get((params.chat_id, params.request_id))
+        key_holder = self.by_request.get((params.tenant_id, params.chat_id, params.request_id))
         for turn_id in (params.id, key_holder):
             row = self.rows.get(turn_id) if turn_id is not None else None
             if row is None:
@@ -264,7 +271,7 @@ class Database:
             if row.writer is not None and row.writer is not txn:
                 return row.writer
             return True
-        for turn_id in self.running.get(params.chat_id, ()):
+        for turn_id in self.running.get(chat_key(params), ()):
             row = self.rows[turn_id]
             if row.writer is not None and row.writer is not txn:
                 return row.writer
@@ -275,28 +282,28 @@ class Database:
 
     def insert(self, txn: Transaction, turn: Turn) -> None:
         self.rows[turn.id] = Row(committed=None)
-        self.by_request[turn.chat_id, turn.request_id] = turn.id
+        self.by_request[turn.tenant_id, turn.chat_id, turn.request_id] = turn.id
         self.write(txn, turn)
 
-    def running_turn(self, txn: Transaction, chat_id: UUID) -> Turn | None:
-        for turn_id in self.running.get(chat_id, ()):
+    def running_turn(self, txn: Transaction, chat: ChatKey) -> Turn | None:
+        for turn_id in self.running.get(chat, ()):
             turn = self.visible(txn, self.rows[turn_id])
             if turn is not None and rules.holds_running_slot(turn):
                 return turn
         return None
 
-    def latest_turn(self, txn: Transaction, scope: AccessScope, chat_id: UUID) -> Turn | None:
+    def latest_turn(self, txn: Transaction, scope: AccessScope, chat: ChatKey) -> Turn | None:
         """The latest non-deleted turn of the chat that ``scope`` permits, as ``txn`` sees it.
 
         Candidates: this transaction's own writes in the chat, and the newest committed
         entry of the chat's index that it did not write and the scope permits.
         """
         candidates: list[Turn] = []
-        for turn_id in txn.chat_writes.get(chat_id, ()):
+        for turn_id in txn.chat_writes.get(chat, ()):
             turn = self.rows[turn_id].pending
             if turn is not None and scope.permits(turn):
                 candidates.append(turn)
-        for _, turn_id in reversed(self.latest.get(chat_id, ())):
+        for _, turn_id in reversed(self.latest.get(chat, ())):
             if turn_id in txn.written:
                 continue
             turn = self.rows[turn_id].committed
@@ -306,16 +313,16 @@ class Database:
         return rules.pick_latest(candidates)
 
     def live_turns_newest_first(
-        self, txn: Transaction, scope: AccessScope, chat_id: UUID
+        self, txn: Transaction, scope: AccessScope, chat: ChatKey
     ) -> list[Turn]:
         """Every non-deleted turn of the chat ``scope`` permits, as ``txn`` sees it now,
         by ``(started_at, id)`` descending: the snapshot a ``FOR UPDATE`` scan walks."""
         turns = [
             turn
-            for turn_id in txn.chat_writes.get(chat_id, ())
+            for turn_id in txn.chat_writes.get(chat, ())
             if (turn := self.rows[turn_id].pending) is not None and rules.is_live(turn)
         ]
-        for _, turn_id in self.latest.get(chat_id, ()):
+        for _, turn_id in self.latest.get(chat, ()):
             if turn_id not in txn.written:
                 turn = self.rows[turn_id].committed
                 assert turn is not None
@@ -325,7 +332,7 @@ class Database:
         return turns
 
     def select_latest_for_update(
-        self, txn: Transaction, scope: AccessScope, chat_id: UUID
+        self, txn: Transaction, scope: AccessScope, chat: ChatKey
     ) -> Turn | None:
         """``SELECT ... ORDER BY started_at DESC, id DESC LIMIT 1 FOR UPDATE``, PostgreSQL's way.
 
@@ -334,14 +341,14 @@ class Database:
         was deleted meanwhile the scan goes on to the next row *of the old snapshot*, which
         may not be the true latest any more: the caller re-reads to catch that.
         """
-        latest = self.latest_turn(txn, scope, chat_id)
+        latest = self.latest_turn(txn, scope, chat)
         if latest is None:
             return None
         row = self.rows[latest.id]
         if row.holder is None or row.holder is txn:
             self.lock(txn, row, latest.id)
             return latest
-        for candidate in self.live_turns_newest_first(txn, scope, chat_id):
+        for candidate in self.live_turns_newest_first(txn, scope, chat):
             row = self.rows[candidate.id]
             while row.holder is not None and row.holder is not txn:
                 self.wait_for(txn, row.holder)
@@ -389,12 +396,12 @@ class Database:
         new_latest = _latest_key(new)
         if old_latest != new_latest:
             if old_latest is not None:
-                keys = self.latest[new.chat_id]
+                keys = self.latest[chat_key(new)]
                 _remove_key(keys, old_latest)
                 if not keys:
-                    del self.latest[new.chat_id]
+                    del self.latest[chat_key(new)]
             if new_latest is not None:
-                _insert_key(self.latest.setdefault(new.chat_id, []), new_latest)
+                _insert_key(self.latest.setdefault(chat_key(new), []), new_latest)
         old_orphan = _orphan_key(old)
         new_orphan = _orphan_key(new)
         if old_orphan != new_orphan:
@@ -409,13 +416,14 @@ class Database:
             version is not None and rules.holds_running_slot(version)
             for version in (row.committed, row.pending)
         )
-        ids = self.running.get(turn.chat_id)
+        chat = chat_key(turn)
+        ids = self.running.get(chat)
         if holds:
             if ids is None:
-                self.running[turn.chat_id] = {turn_id}
+                self.running[chat] = {turn_id}
             else:
                 ids.add(turn_id)
         elif ids is not None:
             ids.discard(turn_id)
             if not ids:
-                del self.running[turn.chat_id]
+                del self.running[chat]

@@ -66,6 +66,7 @@ class PostgresTurnRepository:
         "_latest_for_update",
         "_latest_id",
         "_lock_chat",
+        "_lock_visible_chat",
         "_scopes",
         "_set_assistant_message",
         "_soft_delete",
@@ -89,6 +90,7 @@ class PostgresTurnRepository:
         self._find_orphans = render(q.FIND_ORPHANS, schema)
         self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema)
         self._lock_chat = q.LOCK_CHAT
+        self._lock_visible_chat = render_scoped(q.LOCK_VISIBLE_CHAT, schema)
         self._latest_for_update = render_scoped(q.LATEST_FOR_UPDATE, schema)
         self._latest_id = render_scoped(q.LATEST_ID, schema)
         self._update_preflight = render_scoped(q.UPDATE_PREFLIGHT, schema)
@@ -183,9 +185,12 @@ class PostgresTurnRepository:
                     return turn
                 classify_params = (
                     params.id,
+                    params.tenant_id,
                     params.chat_id,
                     params.request_id,
+                    params.tenant_id,
                     params.chat_id,
+                    params.tenant_id,
                     params.chat_id,
                     params.request_id,
                     *compiled.params,
@@ -206,17 +211,25 @@ class PostgresTurnRepository:
         raise GenerationInProgressError(params.chat_id)
 
     def find_by_chat_and_request_id(
-        self, runner: Connection, scope: AccessScope, chat_id: UUID, request_id: UUID
+        self,
+        runner: Connection,
+        scope: AccessScope,
+        tenant_id: UUID,
+        chat_id: UUID,
+        request_id: UUID,
     ) -> Turn | None:
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
-        return self._one(runner, self._find_by_request, scope, (chat_id, request_id))
+        head = (tenant_id, chat_id, request_id)
+        return self._one(runner, self._find_by_request, scope, head)
 
     def find_running_by_chat_id(
-        self, runner: Connection, scope: AccessScope, chat_id: UUID
+        self, runner: Connection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
-        return self._one(runner, self._find_running, scope, (chat_id,))
+        return self._one(runner, self._find_running, scope, (tenant_id, chat_id))
 
     def cas_update_state(
         self, runner: Connection, scope: AccessScope, params: CasTerminalParams
@@ -262,10 +275,11 @@ class PostgresTurnRepository:
             raise TurnNotFoundError(turn_id)
 
     def find_latest_turn(
-        self, runner: Connection, scope: AccessScope, chat_id: UUID
+        self, runner: Connection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
-        return self._one(runner, self._find_latest, scope, (chat_id,))
+        return self._one(runner, self._find_latest, scope, (tenant_id, chat_id))
 
     def update_progress_at(self, runner: Connection, scope: AccessScope, turn_id: UUID) -> int:
         check_uuid("turn_id", turn_id)
@@ -288,29 +302,41 @@ class PostgresTurnRepository:
         return cur.rowcount
 
     def find_latest_for_update(
-        self, runner: Connection, scope: AccessScope, chat_id: UUID
+        self, runner: Connection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
         """Serialize the chat with a transaction-level advisory lock, then read and lock its
         latest turn in a new statement (a fresh snapshot taken after the wait), then read
         the latest id once more: if a transaction that bypassed the chat lock replaced the
         turn we waited on, ``FOR UPDATE`` hands back an older row, and we go again.
 
-        All three statements go out in one round trip (pipeline mode).
+        All three statements go out in one round trip (pipeline mode). The chat lock is keyed
+        by tenant and chat and taken only for a chat the scope can see: at once when the
+        scope permits the whole tenant (a pure check), else only when the lock statement
+        itself finds a live turn of the chat in scope (docs/design.md, *The latest-turn lock*).
         """
+        check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         compiled = self._compiled(scope)
         select = compiled.statement(self._latest_for_update)
         verify = compiled.statement(self._latest_id)
-        select_params = (chat_id, *compiled.params)
+        select_params = (tenant_id, chat_id, *compiled.params)
+        lock: str | None
+        lock_params: tuple[Any, ...]
+        if scope.permits_tenant(tenant_id):
+            lock, lock_params = (self._lock_chat, (tenant_id, chat_id))
+        elif scope.is_deny_all:
+            lock, lock_params = (None, ())
+        else:
+            lock = compiled.statement(self._lock_visible_chat)
+            lock_params = (tenant_id, chat_id, tenant_id, chat_id, *compiled.params)
         with driver_errors:
-            lock_params: tuple[Any, ...] | None = (chat_id,)
             turn: Turn | None = None
             for _ in range(rules.MAX_RELOCKS):
                 locked = runner.cursor(row_factory=_turn_rows)
                 check = runner.cursor()
                 with runner.pipeline():
-                    if lock_params is not None:
-                        runner.execute(self._lock_chat, lock_params)
+                    if lock is not None:
+                        runner.execute(lock, lock_params)
                     locked.execute(select, select_params)
                     check.execute(verify, select_params)
                 turn = locked.fetchone()
@@ -318,7 +344,7 @@ class PostgresTurnRepository:
                 latest_id = latest[0] if latest is not None else None
                 if (turn.id if turn is not None else None) == latest_id:
                     return turn
-                lock_params = None
+                lock = None
             return turn
 
     def update_preflight_fields(

@@ -17,7 +17,7 @@ The concurrency tests hold up to ``CONCURRENCY + 2`` connections at once: a host
 given to the suite needs at least that many.
 
 One module per capability: ``create``, ``reads``, ``writes``, ``orphans``, ``locking``
-(``find_latest_for_update``), ``scope``, ``timestamps``, ``transactions`` and
+(``find_latest_for_update``), ``scope``, ``tenants``, ``timestamps``, ``transactions`` and
 ``concurrency``; ``_support`` holds what they share. This package re-exports every test
 class, so the one-line import above runs them all.
 """
@@ -41,6 +41,7 @@ from turnstore.testing.conformance.reads import (
     TestFindRunningByChatId,
 )
 from turnstore.testing.conformance.scope import TestScopeIsolation
+from turnstore.testing.conformance.tenants import TestTenantsSharingAChatId
 from turnstore.testing.conformance.timestamps import TestTimestamps
 from turnstore.testing.conformance.transactions import TestTransactions
 from turnstore.testing.conformance.writes import (
@@ -70,6 +71,7 @@ __all__ = [
     "TestScopeIsolation",
     "TestSetAssistantMessageId",
     "TestSoftDelete",
+    "TestTenantsSharingAChatId",
     "TestTimestamps",
     "TestTransactions",
     "TestUpdatePreflightFields",

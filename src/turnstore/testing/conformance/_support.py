@@ -184,7 +184,7 @@ class Backend:
         """The row as stored now (deleted rows included), seen through allow-all."""
         async with self.store.connection() as runner:
             found = await self.repo.find_by_chat_and_request_id(
-                runner, ALLOW, turn.chat_id, turn.request_id
+                runner, ALLOW, turn.tenant_id, turn.chat_id, turn.request_id
             )
         assert found is not None, f"turn {turn.id} vanished"
         return found
@@ -208,13 +208,17 @@ class Backend:
             found = await self.repo.find_orphan_candidates(runner, timeout, limit)
         return [t.id for t in found]
 
-    async def latest(self, chat_id: UUID, scope: AccessScope = ALLOW) -> Turn | None:
+    async def latest(
+        self, tenant_id: UUID, chat_id: UUID, scope: AccessScope = ALLOW
+    ) -> Turn | None:
         async with self.store.connection() as runner:
-            return await self.repo.find_latest_turn(runner, scope, chat_id)
+            return await self.repo.find_latest_turn(runner, scope, tenant_id, chat_id)
 
-    async def latest_for_update(self, chat_id: UUID, scope: AccessScope = ALLOW) -> Turn | None:
+    async def latest_for_update(
+        self, tenant_id: UUID, chat_id: UUID, scope: AccessScope = ALLOW
+    ) -> Turn | None:
         async with self.store.transaction() as runner:
-            return await self.repo.find_latest_for_update(runner, scope, chat_id)
+            return await self.repo.find_latest_for_update(runner, scope, tenant_id, chat_id)
 
     async def chat_started_at_once(self, larger_id_first: bool) -> tuple[Turn, Turn]:
         """Two turns of one chat with the same ``started_at`` (a clock stepped back between

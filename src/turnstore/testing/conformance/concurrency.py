@@ -115,7 +115,10 @@ class TestConcurrency:
             assert isinstance(loser, GenerationInProgressError), repr(loser)
             assert loser.running_turn_id == winners[0].id
         async with db.store.connection() as runner:
-            assert await db.repo.find_running_by_chat_id(runner, ALLOW, chat_id) == winners[0]
+            assert (
+                await db.repo.find_running_by_chat_id(runner, ALLOW, tenant_id, chat_id)
+                == winners[0]
+            )
 
     async def test_concurrent_starts_of_one_request_exactly_one_inserts(
         self, turnstore_backend: BackendHarness

@@ -123,7 +123,7 @@ class TestCreateTurn:
         async with db.store.connection() as runner:
             assert (
                 await db.repo.find_by_chat_and_request_id(
-                    runner, ALLOW, params.chat_id, params.request_id
+                    runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
                 )
                 is None
             )
@@ -133,10 +133,11 @@ class TestCreateTurn:
     ) -> None:
         db = Backend(turnstore_backend)
         running = await db.create()
-        params = make_params(chat_id=running.chat_id)
+        params = make_params(chat_id=running.chat_id, tenant_id=running.tenant_id)
         async with db.store.connection() as runner:
             with pytest.raises(GenerationInProgressError) as info:
-                await db.repo.create_turn(runner, AccessScope.for_tenant(params.tenant_id), params)
+                # A scope that lets the new row in but does not see the running turn.
+                await db.repo.create_turn(runner, AccessScope.for_resource(params.id), params)
         assert info.value.running_turn_id is None
 
     async def test_duplicate_request_out_of_scope_is_not_named(
@@ -144,10 +145,12 @@ class TestCreateTurn:
     ) -> None:
         db = Backend(turnstore_backend)
         first = await db.finish(await db.create(), TurnState.COMPLETED)
-        params = make_params(chat_id=first.chat_id, request_id=first.request_id)
+        params = make_params(
+            chat_id=first.chat_id, tenant_id=first.tenant_id, request_id=first.request_id
+        )
         async with db.store.connection() as runner:
             with pytest.raises(DuplicateRequestError) as info:
-                await db.repo.create_turn(runner, AccessScope.for_tenant(params.tenant_id), params)
+                await db.repo.create_turn(runner, AccessScope.for_resource(params.id), params)
         assert info.value.existing_turn_id is None
         assert (info.value.chat_id, info.value.request_id) == (first.chat_id, first.request_id)
 
@@ -188,7 +191,9 @@ class TestCreateTurn:
         db = Backend(turnstore_backend)
         running = await db.create()
         with pytest.raises(DuplicateRequestError):
-            await db.create(chat_id=running.chat_id, request_id=running.request_id)
+            await db.create(
+                chat_id=running.chat_id, tenant_id=running.tenant_id, request_id=running.request_id
+            )
 
     @pytest.mark.parametrize(
         "scope_of",
@@ -225,7 +230,7 @@ class TestCreateTurn:
             assert (info.value.turn_id, info.value.tenant_id) == (params.id, params.tenant_id)
             assert (
                 await db.repo.find_by_chat_and_request_id(
-                    runner, ALLOW, params.chat_id, params.request_id
+                    runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
                 )
                 is None
             )

@@ -36,10 +36,10 @@ class TestFindLatestForUpdate:
         chat_id, tenant_id = uuid4(), uuid4()
         await db.finish(await db.create(turn_id=high, chat_id=chat_id, tenant_id=tenant_id))
         second = await db.create(turn_id=low, chat_id=chat_id, tenant_id=tenant_id)
-        assert await db.latest_for_update(chat_id) == second
+        assert await db.latest_for_update(tenant_id, chat_id) == second
         await db.delete(second)
-        assert await db.latest_for_update(chat_id) == await db.latest(chat_id)
-        assert await db.latest_for_update(uuid4()) is None
+        assert await db.latest_for_update(tenant_id, chat_id) == await db.latest(tenant_id, chat_id)
+        assert await db.latest_for_update(uuid4(), uuid4()) is None
 
     @pytest.mark.parametrize(
         "larger_id_first", [True, False], ids=["larger-first", "larger-second"]
@@ -50,7 +50,7 @@ class TestFindLatestForUpdate:
         db = Backend(turnstore_backend)
         first, second = await db.chat_started_at_once(larger_id_first)
         larger = max(first, second, key=lambda t: t.id)
-        assert await db.latest_for_update(first.chat_id) == larger
+        assert await db.latest_for_update(first.tenant_id, first.chat_id) == larger
 
     async def test_excludes_deleted_and_other_chats(
         self, turnstore_backend: BackendHarness
@@ -59,17 +59,22 @@ class TestFindLatestForUpdate:
         first, second = await db.chat_of(2)
         await db.create(tenant_id=first.tenant_id)  # newer, another chat
         await db.delete(second)
-        assert await db.latest_for_update(first.chat_id) == first
+        assert await db.latest_for_update(first.tenant_id, first.chat_id) == first
         await db.delete(first)
-        assert await db.latest_for_update(first.chat_id) is None
+        assert await db.latest_for_update(first.tenant_id, first.chat_id) is None
 
     async def test_the_latest_in_scope(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)
         mine = await db.finish(await db.create())
-        await db.create(chat_id=mine.chat_id)  # another tenant's, newer
+        newer = await db.create(chat_id=mine.chat_id, tenant_id=mine.tenant_id)
+        await db.create(chat_id=mine.chat_id)  # another tenant's chat with the same id, newest
         scope = AccessScope.for_tenant(mine.tenant_id)
-        assert await db.latest_for_update(mine.chat_id, scope) == mine
-        assert await db.latest_for_update(mine.chat_id, AccessScope.deny_all()) is None
+        assert await db.latest_for_update(mine.tenant_id, mine.chat_id, scope) == newer
+        resource = AccessScope.for_resource(mine.id)
+        assert await db.latest_for_update(mine.tenant_id, mine.chat_id, resource) == mine
+        assert (
+            await db.latest_for_update(mine.tenant_id, mine.chat_id, AccessScope.deny_all()) is None
+        )
 
     async def test_second_locker_waits_and_then_sees_the_true_latest(
         self, turnstore_backend: BackendHarness
@@ -84,7 +89,9 @@ class TestFindLatestForUpdate:
 
         async def first() -> Turn:
             async with db.store.transaction() as runner:
-                seen = await db.repo.find_latest_for_update(runner, ALLOW, latest.chat_id)
+                seen = await db.repo.find_latest_for_update(
+                    runner, ALLOW, latest.tenant_id, latest.chat_id
+                )
                 assert seen == latest
                 first_locked.set()
                 await bounded_wait(release_first)
@@ -95,7 +102,9 @@ class TestFindLatestForUpdate:
 
         async def second() -> Turn | None:
             async with db.store.transaction() as runner:
-                seen = await db.repo.find_latest_for_update(runner, ALLOW, latest.chat_id)
+                seen = await db.repo.find_latest_for_update(
+                    runner, ALLOW, latest.tenant_id, latest.chat_id
+                )
                 events.append("second locked")
                 return seen
 
@@ -123,14 +132,19 @@ class TestFindLatestForUpdate:
 
         async def first() -> Turn:
             async with db.store.transaction() as runner:
-                assert await db.repo.find_latest_for_update(runner, ALLOW, params.chat_id) is None
+                assert (
+                    await db.repo.find_latest_for_update(
+                        runner, ALLOW, params.tenant_id, params.chat_id
+                    )
+                    is None
+                )
                 first_locked.set()
                 await bounded_wait(release_first)
                 return await db.repo.create_turn(runner, ALLOW, params)
 
         first_task = spawn(first)
         await bounded_wait(first_locked)
-        second_task = spawn(db.latest_for_update, params.chat_id)
+        second_task = spawn(db.latest_for_update, params.tenant_id, params.chat_id)
         done = await wait_tasks([second_task], BLOCK_PROBE_SECS)
         assert not done, "a second locker of an empty chat got through while the first held it"
         release_first.set()
@@ -144,7 +158,7 @@ class TestFindLatestForUpdate:
 
         async def first() -> None:
             async with db.store.transaction() as runner:
-                await db.repo.find_latest_for_update(runner, ALLOW, turn.chat_id)
+                await db.repo.find_latest_for_update(runner, ALLOW, turn.tenant_id, turn.chat_id)
                 await db.repo.soft_delete(runner, ALLOW, turn.id, None)
                 first_locked.set()
                 await bounded_wait(release_first)
@@ -152,7 +166,7 @@ class TestFindLatestForUpdate:
 
         first_task = spawn(first)
         await bounded_wait(first_locked)
-        second_task = spawn(db.latest_for_update, turn.chat_id)
+        second_task = spawn(db.latest_for_update, turn.tenant_id, turn.chat_id)
         done = await wait_tasks([second_task], BLOCK_PROBE_SECS)
         assert not done, "a second locker of the chat got through while the first held it"
         release_first.set()
@@ -170,15 +184,17 @@ class TestFindLatestForUpdate:
 
         async def first() -> None:
             async with db.store.transaction() as runner:
-                await db.repo.find_latest_for_update(runner, ALLOW, locked.chat_id)
+                await db.repo.find_latest_for_update(
+                    runner, ALLOW, locked.tenant_id, locked.chat_id
+                )
                 first_locked.set()
                 await bounded_wait(release_first)
 
         first_task = spawn(first)
         try:
             await bounded_wait(first_locked)
-            assert await bounded(db.latest_for_update(other.chat_id)) == other
-            assert await bounded(db.latest(locked.chat_id)) == locked
+            assert await bounded(db.latest_for_update(other.tenant_id, other.chat_id)) == other
+            assert await bounded(db.latest(locked.tenant_id, locked.chat_id)) == locked
             assert not first_task.done()
         finally:
             release_first.set()

@@ -135,12 +135,14 @@ class TestScopeIsolation:
         async with db.store.transaction() as runner:
             chat, turn_id = target.chat_id, target.id
             assert (
-                await repo.find_by_chat_and_request_id(runner, scope, chat, target.request_id)
+                await repo.find_by_chat_and_request_id(
+                    runner, scope, target.tenant_id, chat, target.request_id
+                )
                 is None
             )
-            assert await repo.find_running_by_chat_id(runner, scope, chat) is None
-            assert await repo.find_latest_turn(runner, scope, chat) is None
-            assert await repo.find_latest_for_update(runner, scope, chat) is None
+            assert await repo.find_running_by_chat_id(runner, scope, target.tenant_id, chat) is None
+            assert await repo.find_latest_turn(runner, scope, target.tenant_id, chat) is None
+            assert await repo.find_latest_for_update(runner, scope, target.tenant_id, chat) is None
             assert await repo.update_progress_at(runner, scope, turn_id) == 0
             assert await repo.update_preflight_fields(runner, scope, preflight_params(target)) == 0
             await repo.increment_tool_calls(runner, scope, turn_id, ToolCallType.WEB_SEARCH)
@@ -172,12 +174,18 @@ class TestScopeIsolation:
         async with db.store.transaction() as runner:
             chat, turn_id = target.chat_id, target.id
             assert (
-                await repo.find_by_chat_and_request_id(runner, scope, chat, target.request_id)
+                await repo.find_by_chat_and_request_id(
+                    runner, scope, target.tenant_id, chat, target.request_id
+                )
                 == target
             )
-            assert await repo.find_running_by_chat_id(runner, scope, chat) == target
-            assert await repo.find_latest_turn(runner, scope, chat) == target
-            assert await repo.find_latest_for_update(runner, scope, chat) == target
+            assert (
+                await repo.find_running_by_chat_id(runner, scope, target.tenant_id, chat) == target
+            )
+            assert await repo.find_latest_turn(runner, scope, target.tenant_id, chat) == target
+            assert (
+                await repo.find_latest_for_update(runner, scope, target.tenant_id, chat) == target
+            )
             assert await repo.update_progress_at(runner, scope, turn_id) == 1
             assert await repo.update_preflight_fields(runner, scope, preflight_params(target)) == 1
             await repo.increment_tool_calls(runner, scope, turn_id, ToolCallType.WEB_SEARCH)

@@ -104,7 +104,9 @@ class TestTimestamps:
         async with db.store.transaction() as runner:
             turn = await db.repo.create_turn(runner, ALLOW, params)
             assert await db.repo.update_progress_at(runner, ALLOW, turn.id) == 1
-            touched = await db.repo.find_running_by_chat_id(runner, ALLOW, turn.chat_id)
+            touched = await db.repo.find_running_by_chat_id(
+                runner, ALLOW, turn.tenant_id, turn.chat_id
+            )
             assert touched is not None
             assert touched.last_progress_at is not None
             assert touched.last_progress_at > turn.started_at
@@ -128,7 +130,7 @@ class TestTimestamps:
             assert await db.repo.cas_update_completed(runner, ALLOW, complete_params(first)) == 1
             second = await db.repo.create_turn(runner, ALLOW, second_params)
         assert second.started_at > first.started_at
-        assert await db.latest(first.chat_id) == second
+        assert await db.latest(first.tenant_id, first.chat_id) == second
 
     async def test_running_has_no_completed_at_terminal_has_one(
         self, turnstore_backend: BackendHarness

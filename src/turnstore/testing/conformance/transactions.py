@@ -42,7 +42,9 @@ __all__ = [
 
 
 async def _trigger_duplicate_request(db: Backend, runner: Any, existing: Turn) -> None:
-    params = make_params(chat_id=existing.chat_id, request_id=existing.request_id)
+    params = make_params(
+        chat_id=existing.chat_id, tenant_id=existing.tenant_id, request_id=existing.request_id
+    )
     with pytest.raises(DuplicateRequestError):
         await db.repo.create_turn(runner, ALLOW, params)
 
@@ -103,7 +105,7 @@ class TestTransactions:
         async with db.store.connection() as runner:
             assert (
                 await db.repo.find_by_chat_and_request_id(
-                    runner, ALLOW, params.chat_id, params.request_id
+                    runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
                 )
                 is None
             )
@@ -117,14 +119,22 @@ class TestTransactions:
         async with db.store.transaction() as runner:
             turn = await db.repo.create_turn(runner, ALLOW, params)
             find = db.repo.find_by_chat_and_request_id
-            assert await find(runner, ALLOW, turn.chat_id, turn.request_id) == turn
-            assert await db.repo.find_running_by_chat_id(runner, ALLOW, turn.chat_id) == turn
+            assert await find(runner, ALLOW, turn.tenant_id, turn.chat_id, turn.request_id) == turn
+            assert (
+                await db.repo.find_running_by_chat_id(runner, ALLOW, turn.tenant_id, turn.chat_id)
+                == turn
+            )
             assert await db.repo.cas_update_completed(runner, ALLOW, complete_params(turn)) == 1
-            done = await find(runner, ALLOW, turn.chat_id, turn.request_id)
+            done = await find(runner, ALLOW, turn.tenant_id, turn.chat_id, turn.request_id)
             assert done is not None
             assert done.state is TurnState.COMPLETED
-            assert await db.repo.find_running_by_chat_id(runner, ALLOW, turn.chat_id) is None
-            assert await db.repo.find_latest_turn(runner, ALLOW, turn.chat_id) == done
+            assert (
+                await db.repo.find_running_by_chat_id(runner, ALLOW, turn.tenant_id, turn.chat_id)
+                is None
+            )
+            assert (
+                await db.repo.find_latest_turn(runner, ALLOW, turn.tenant_id, turn.chat_id) == done
+            )
 
     async def test_uncommitted_writes_are_invisible_to_others(
         self, turnstore_backend: BackendHarness
@@ -146,8 +156,15 @@ class TestTransactions:
             await bounded_wait(written)
             async with db.store.connection() as runner:
                 find = db.repo.find_by_chat_and_request_id
-                assert await bounded(find(runner, ALLOW, params.chat_id, params.request_id)) is None
-                running = db.repo.find_running_by_chat_id(runner, ALLOW, existing.chat_id)
+                assert (
+                    await bounded(
+                        find(runner, ALLOW, params.tenant_id, params.chat_id, params.request_id)
+                    )
+                    is None
+                )
+                running = db.repo.find_running_by_chat_id(
+                    runner, ALLOW, existing.tenant_id, existing.chat_id
+                )
                 assert await bounded(running) == existing
         finally:
             release.set()
@@ -155,7 +172,7 @@ class TestTransactions:
         assert (await db.reload(existing)).state is TurnState.COMPLETED
         async with db.store.connection() as runner:
             found = await db.repo.find_by_chat_and_request_id(
-                runner, ALLOW, params.chat_id, params.request_id
+                runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
             )
         assert found is not None
 
@@ -177,7 +194,7 @@ class TestTransactions:
         assert (await db.reload(turn)).id == params.id
         async with db.store.connection() as runner:
             found = await db.repo.find_by_chat_and_request_id(
-                runner, ALLOW, later.chat_id, later.request_id
+                runner, ALLOW, later.tenant_id, later.chat_id, later.request_id
             )
         assert found is not None
 

@@ -108,7 +108,7 @@ class TestConcurrency:
             assert isinstance(loser, GenerationInProgressError), repr(loser)
             assert loser.running_turn_id == winners[0].id
         with db.store.connection() as runner:
-            assert db.repo.find_running_by_chat_id(runner, ALLOW, chat_id) == winners[0]
+            assert db.repo.find_running_by_chat_id(runner, ALLOW, tenant_id, chat_id) == winners[0]
 
     def test_concurrent_starts_of_one_request_exactly_one_inserts(
         self, turnstore_sync_backend: BackendHarness

@@ -121,7 +121,7 @@ class TestCreateTurn:
         with db.store.connection() as runner:
             assert (
                 db.repo.find_by_chat_and_request_id(
-                    runner, ALLOW, params.chat_id, params.request_id
+                    runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
                 )
                 is None
             )
@@ -131,10 +131,10 @@ class TestCreateTurn:
     ) -> None:
         db = Backend(turnstore_sync_backend)
         running = db.create()
-        params = make_params(chat_id=running.chat_id)
+        params = make_params(chat_id=running.chat_id, tenant_id=running.tenant_id)
         with db.store.connection() as runner:
             with pytest.raises(GenerationInProgressError) as info:
-                db.repo.create_turn(runner, AccessScope.for_tenant(params.tenant_id), params)
+                db.repo.create_turn(runner, AccessScope.for_resource(params.id), params)
         assert info.value.running_turn_id is None
 
     def test_duplicate_request_out_of_scope_is_not_named(
@@ -142,10 +142,12 @@ class TestCreateTurn:
     ) -> None:
         db = Backend(turnstore_sync_backend)
         first = db.finish(db.create(), TurnState.COMPLETED)
-        params = make_params(chat_id=first.chat_id, request_id=first.request_id)
+        params = make_params(
+            chat_id=first.chat_id, tenant_id=first.tenant_id, request_id=first.request_id
+        )
         with db.store.connection() as runner:
             with pytest.raises(DuplicateRequestError) as info:
-                db.repo.create_turn(runner, AccessScope.for_tenant(params.tenant_id), params)
+                db.repo.create_turn(runner, AccessScope.for_resource(params.id), params)
         assert info.value.existing_turn_id is None
         assert (info.value.chat_id, info.value.request_id) == (first.chat_id, first.request_id)
 
@@ -186,7 +188,9 @@ class TestCreateTurn:
         db = Backend(turnstore_sync_backend)
         running = db.create()
         with pytest.raises(DuplicateRequestError):
-            db.create(chat_id=running.chat_id, request_id=running.request_id)
+            db.create(
+                chat_id=running.chat_id, tenant_id=running.tenant_id, request_id=running.request_id
+            )
 
     @pytest.mark.parametrize(
         "scope_of",
@@ -223,7 +227,7 @@ class TestCreateTurn:
             assert (info.value.turn_id, info.value.tenant_id) == (params.id, params.tenant_id)
             assert (
                 db.repo.find_by_chat_and_request_id(
-                    runner, ALLOW, params.chat_id, params.request_id
+                    runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
                 )
                 is None
             )

@@ -34,10 +34,10 @@ class TestFindLatestForUpdate:
         chat_id, tenant_id = (uuid4(), uuid4())
         db.finish(db.create(turn_id=high, chat_id=chat_id, tenant_id=tenant_id))
         second = db.create(turn_id=low, chat_id=chat_id, tenant_id=tenant_id)
-        assert db.latest_for_update(chat_id) == second
+        assert db.latest_for_update(tenant_id, chat_id) == second
         db.delete(second)
-        assert db.latest_for_update(chat_id) == db.latest(chat_id)
-        assert db.latest_for_update(uuid4()) is None
+        assert db.latest_for_update(tenant_id, chat_id) == db.latest(tenant_id, chat_id)
+        assert db.latest_for_update(uuid4(), uuid4()) is None
 
     @pytest.mark.parametrize(
         "larger_id_first", [True, False], ids=["larger-first", "larger-second"]
@@ -48,24 +48,27 @@ class TestFindLatestForUpdate:
         db = Backend(turnstore_sync_backend)
         first, second = db.chat_started_at_once(larger_id_first)
         larger = max(first, second, key=lambda t: t.id)
-        assert db.latest_for_update(first.chat_id) == larger
+        assert db.latest_for_update(first.tenant_id, first.chat_id) == larger
 
     def test_excludes_deleted_and_other_chats(self, turnstore_sync_backend: BackendHarness) -> None:
         db = Backend(turnstore_sync_backend)
         first, second = db.chat_of(2)
         db.create(tenant_id=first.tenant_id)
         db.delete(second)
-        assert db.latest_for_update(first.chat_id) == first
+        assert db.latest_for_update(first.tenant_id, first.chat_id) == first
         db.delete(first)
-        assert db.latest_for_update(first.chat_id) is None
+        assert db.latest_for_update(first.tenant_id, first.chat_id) is None
 
     def test_the_latest_in_scope(self, turnstore_sync_backend: BackendHarness) -> None:
         db = Backend(turnstore_sync_backend)
         mine = db.finish(db.create())
+        newer = db.create(chat_id=mine.chat_id, tenant_id=mine.tenant_id)
         db.create(chat_id=mine.chat_id)
         scope = AccessScope.for_tenant(mine.tenant_id)
-        assert db.latest_for_update(mine.chat_id, scope) == mine
-        assert db.latest_for_update(mine.chat_id, AccessScope.deny_all()) is None
+        assert db.latest_for_update(mine.tenant_id, mine.chat_id, scope) == newer
+        resource = AccessScope.for_resource(mine.id)
+        assert db.latest_for_update(mine.tenant_id, mine.chat_id, resource) == mine
+        assert db.latest_for_update(mine.tenant_id, mine.chat_id, AccessScope.deny_all()) is None
 
     def test_second_locker_waits_and_then_sees_the_true_latest(
         self, turnstore_sync_backend: BackendHarness
@@ -80,7 +83,9 @@ class TestFindLatestForUpdate:
 
         def first() -> Turn:
             with db.store.transaction() as runner:
-                seen = db.repo.find_latest_for_update(runner, ALLOW, latest.chat_id)
+                seen = db.repo.find_latest_for_update(
+                    runner, ALLOW, latest.tenant_id, latest.chat_id
+                )
                 assert seen == latest
                 first_locked.set()
                 bounded_wait(release_first)
@@ -91,7 +96,9 @@ class TestFindLatestForUpdate:
 
         def second() -> Turn | None:
             with db.store.transaction() as runner:
-                seen = db.repo.find_latest_for_update(runner, ALLOW, latest.chat_id)
+                seen = db.repo.find_latest_for_update(
+                    runner, ALLOW, latest.tenant_id, latest.chat_id
+                )
                 events.append("second locked")
                 return seen
 
@@ -118,14 +125,17 @@ class TestFindLatestForUpdate:
 
         def first() -> Turn:
             with db.store.transaction() as runner:
-                assert db.repo.find_latest_for_update(runner, ALLOW, params.chat_id) is None
+                assert (
+                    db.repo.find_latest_for_update(runner, ALLOW, params.tenant_id, params.chat_id)
+                    is None
+                )
                 first_locked.set()
                 bounded_wait(release_first)
                 return db.repo.create_turn(runner, ALLOW, params)
 
         first_task = spawn(first)
         bounded_wait(first_locked)
-        second_task = spawn(db.latest_for_update, params.chat_id)
+        second_task = spawn(db.latest_for_update, params.tenant_id, params.chat_id)
         done = wait_tasks([second_task], BLOCK_PROBE_SECS)
         assert not done, "a second locker of an empty chat got through while the first held it"
         release_first.set()
@@ -139,7 +149,7 @@ class TestFindLatestForUpdate:
 
         def first() -> None:
             with db.store.transaction() as runner:
-                db.repo.find_latest_for_update(runner, ALLOW, turn.chat_id)
+                db.repo.find_latest_for_update(runner, ALLOW, turn.tenant_id, turn.chat_id)
                 db.repo.soft_delete(runner, ALLOW, turn.id, None)
                 first_locked.set()
                 bounded_wait(release_first)
@@ -147,7 +157,7 @@ class TestFindLatestForUpdate:
 
         first_task = spawn(first)
         bounded_wait(first_locked)
-        second_task = spawn(db.latest_for_update, turn.chat_id)
+        second_task = spawn(db.latest_for_update, turn.tenant_id, turn.chat_id)
         done = wait_tasks([second_task], BLOCK_PROBE_SECS)
         assert not done, "a second locker of the chat got through while the first held it"
         release_first.set()
@@ -165,15 +175,15 @@ class TestFindLatestForUpdate:
 
         def first() -> None:
             with db.store.transaction() as runner:
-                db.repo.find_latest_for_update(runner, ALLOW, locked.chat_id)
+                db.repo.find_latest_for_update(runner, ALLOW, locked.tenant_id, locked.chat_id)
                 first_locked.set()
                 bounded_wait(release_first)
 
         first_task = spawn(first)
         try:
             bounded_wait(first_locked)
-            assert bounded(db.latest_for_update(other.chat_id)) == other
-            assert bounded(db.latest(locked.chat_id)) == locked
+            assert bounded(db.latest_for_update(other.tenant_id, other.chat_id)) == other
+            assert bounded(db.latest(locked.tenant_id, locked.chat_id)) == locked
             assert not first_task.done()
         finally:
             release_first.set()

@@ -124,10 +124,15 @@ class TestScopeIsolation:
         repo = db.repo
         with db.store.transaction() as runner:
             chat, turn_id = (target.chat_id, target.id)
-            assert repo.find_by_chat_and_request_id(runner, scope, chat, target.request_id) is None
-            assert repo.find_running_by_chat_id(runner, scope, chat) is None
-            assert repo.find_latest_turn(runner, scope, chat) is None
-            assert repo.find_latest_for_update(runner, scope, chat) is None
+            assert (
+                repo.find_by_chat_and_request_id(
+                    runner, scope, target.tenant_id, chat, target.request_id
+                )
+                is None
+            )
+            assert repo.find_running_by_chat_id(runner, scope, target.tenant_id, chat) is None
+            assert repo.find_latest_turn(runner, scope, target.tenant_id, chat) is None
+            assert repo.find_latest_for_update(runner, scope, target.tenant_id, chat) is None
             assert repo.update_progress_at(runner, scope, turn_id) == 0
             assert repo.update_preflight_fields(runner, scope, preflight_params(target)) == 0
             repo.increment_tool_calls(runner, scope, turn_id, ToolCallType.WEB_SEARCH)
@@ -159,11 +164,14 @@ class TestScopeIsolation:
         with db.store.transaction() as runner:
             chat, turn_id = (target.chat_id, target.id)
             assert (
-                repo.find_by_chat_and_request_id(runner, scope, chat, target.request_id) == target
+                repo.find_by_chat_and_request_id(
+                    runner, scope, target.tenant_id, chat, target.request_id
+                )
+                == target
             )
-            assert repo.find_running_by_chat_id(runner, scope, chat) == target
-            assert repo.find_latest_turn(runner, scope, chat) == target
-            assert repo.find_latest_for_update(runner, scope, chat) == target
+            assert repo.find_running_by_chat_id(runner, scope, target.tenant_id, chat) == target
+            assert repo.find_latest_turn(runner, scope, target.tenant_id, chat) == target
+            assert repo.find_latest_for_update(runner, scope, target.tenant_id, chat) == target
             assert repo.update_progress_at(runner, scope, turn_id) == 1
             assert repo.update_preflight_fields(runner, scope, preflight_params(target)) == 1
             repo.increment_tool_calls(runner, scope, turn_id, ToolCallType.WEB_SEARCH)

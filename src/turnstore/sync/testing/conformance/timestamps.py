@@ -101,7 +101,7 @@ class TestTimestamps:
         with db.store.transaction() as runner:
             turn = db.repo.create_turn(runner, ALLOW, params)
             assert db.repo.update_progress_at(runner, ALLOW, turn.id) == 1
-            touched = db.repo.find_running_by_chat_id(runner, ALLOW, turn.chat_id)
+            touched = db.repo.find_running_by_chat_id(runner, ALLOW, turn.tenant_id, turn.chat_id)
             assert touched is not None
             assert touched.last_progress_at is not None
             assert touched.last_progress_at > turn.started_at
@@ -125,7 +125,7 @@ class TestTimestamps:
             assert db.repo.cas_update_completed(runner, ALLOW, complete_params(first)) == 1
             second = db.repo.create_turn(runner, ALLOW, second_params)
         assert second.started_at > first.started_at
-        assert db.latest(first.chat_id) == second
+        assert db.latest(first.tenant_id, first.chat_id) == second
 
     def test_running_has_no_completed_at_terminal_has_one(
         self, turnstore_sync_backend: BackendHarness

@@ -40,7 +40,9 @@ __all__ = ["TYPED_ERROR_TRIGGERS", "TestTransactions"]
 
 
 def _trigger_duplicate_request(db: Backend, runner: Any, existing: Turn) -> None:
-    params = make_params(chat_id=existing.chat_id, request_id=existing.request_id)
+    params = make_params(
+        chat_id=existing.chat_id, tenant_id=existing.tenant_id, request_id=existing.request_id
+    )
     with pytest.raises(DuplicateRequestError):
         db.repo.create_turn(runner, ALLOW, params)
 
@@ -100,7 +102,7 @@ class TestTransactions:
         with db.store.connection() as runner:
             assert (
                 db.repo.find_by_chat_and_request_id(
-                    runner, ALLOW, params.chat_id, params.request_id
+                    runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
                 )
                 is None
             )
@@ -113,14 +115,18 @@ class TestTransactions:
         with db.store.transaction() as runner:
             turn = db.repo.create_turn(runner, ALLOW, params)
             find = db.repo.find_by_chat_and_request_id
-            assert find(runner, ALLOW, turn.chat_id, turn.request_id) == turn
-            assert db.repo.find_running_by_chat_id(runner, ALLOW, turn.chat_id) == turn
+            assert find(runner, ALLOW, turn.tenant_id, turn.chat_id, turn.request_id) == turn
+            assert (
+                db.repo.find_running_by_chat_id(runner, ALLOW, turn.tenant_id, turn.chat_id) == turn
+            )
             assert db.repo.cas_update_completed(runner, ALLOW, complete_params(turn)) == 1
-            done = find(runner, ALLOW, turn.chat_id, turn.request_id)
+            done = find(runner, ALLOW, turn.tenant_id, turn.chat_id, turn.request_id)
             assert done is not None
             assert done.state is TurnState.COMPLETED
-            assert db.repo.find_running_by_chat_id(runner, ALLOW, turn.chat_id) is None
-            assert db.repo.find_latest_turn(runner, ALLOW, turn.chat_id) == done
+            assert (
+                db.repo.find_running_by_chat_id(runner, ALLOW, turn.tenant_id, turn.chat_id) is None
+            )
+            assert db.repo.find_latest_turn(runner, ALLOW, turn.tenant_id, turn.chat_id) == done
 
     def test_uncommitted_writes_are_invisible_to_others(
         self, turnstore_sync_backend: BackendHarness
@@ -142,8 +148,15 @@ class TestTransactions:
             bounded_wait(written)
             with db.store.connection() as runner:
                 find = db.repo.find_by_chat_and_request_id
-                assert bounded(find(runner, ALLOW, params.chat_id, params.request_id)) is None
-                running = db.repo.find_running_by_chat_id(runner, ALLOW, existing.chat_id)
+                assert (
+                    bounded(
+                        find(runner, ALLOW, params.tenant_id, params.chat_id, params.request_id)
+                    )
+                    is None
+                )
+                running = db.repo.find_running_by_chat_id(
+                    runner, ALLOW, existing.tenant_id, existing.chat_id
+                )
                 assert bounded(running) == existing
         finally:
             release.set()
@@ -151,7 +164,7 @@ class TestTransactions:
         assert db.reload(existing).state is TurnState.COMPLETED
         with db.store.connection() as runner:
             found = db.repo.find_by_chat_and_request_id(
-                runner, ALLOW, params.chat_id, params.request_id
+                runner, ALLOW, params.tenant_id, params.chat_id, params.request_id
             )
         assert found is not None
 
@@ -170,7 +183,7 @@ class TestTransactions:
         assert db.reload(turn).id == params.id
         with db.store.connection() as runner:
             found = db.repo.find_by_chat_and_request_id(
-                runner, ALLOW, later.chat_id, later.request_id
+                runner, ALLOW, later.tenant_id, later.chat_id, later.request_id
             )
         assert found is not None
 
