@@ -13,11 +13,13 @@ ALLOW = AccessScope.allow_all()
 
 
 def turn_state(dsn: str, chat_id: uuid.UUID, request_id: uuid.UUID) -> TurnState | None:
+    from chat.views import TENANT
+
     from turnstore.sync.postgres import PostgresTurnRepository
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         turn = PostgresTurnRepository().find_by_chat_and_request_id(
-            conn, ALLOW, chat_id, request_id
+            conn, ALLOW, TENANT, chat_id, request_id
         )
     return None if turn is None else turn.state
 
