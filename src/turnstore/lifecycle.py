@@ -22,6 +22,7 @@ from turnstore.errors import (
     DuplicateTurnIdError,
     GenerationInProgressError,
     NotLatestTurnError,
+    TurnStoreError,
 )
 from turnstore.ids import new_uuid7
 from turnstore.keepalive import KeepAlive
@@ -41,6 +42,7 @@ from turnstore.rules import (
 )
 from turnstore.scope import AccessScope
 from turnstore.settings import KeepAliveSettings
+from turnstore.telemetry import NO_TELEMETRY, Telemetry
 
 __all__ = [
     "FinalizeHook",
@@ -149,6 +151,14 @@ class FinalizeOutcome:
     turn: Turn | None = None
 
 
+#: The span of each finalizing call, by the state it moves the turn to.
+_FINALIZE_SPANS = {
+    TurnState.COMPLETED: "turnstore.complete_turn",
+    TurnState.FAILED: "turnstore.fail_turn",
+    TurnState.CANCELLED: "turnstore.cancel_turn",
+}
+
+
 # --------------------------------------------------------------------------- mutations
 
 
@@ -190,10 +200,15 @@ class TurnLifecycle(Generic[RunnerT]):
     """
 
     def __init__(
-        self, store: TurnStore[RunnerT], *, keep_alive: KeepAliveSettings | None = None
+        self,
+        store: TurnStore[RunnerT],
+        *,
+        keep_alive: KeepAliveSettings | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         self._store = store
         self._keep_alive = keep_alive if keep_alive is not None else KeepAliveSettings()
+        self._telemetry = telemetry
 
     @property
     def store(self) -> TurnStore[RunnerT]:
@@ -206,6 +221,10 @@ class TurnLifecycle(Generic[RunnerT]):
     @property
     def keep_alive_settings(self) -> KeepAliveSettings:
         return self._keep_alive
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._telemetry
 
     def _on(self, runner: RunnerT | None, *, atomic: bool) -> AbstractAsyncContextManager[RunnerT]:
         if runner is not None:
@@ -226,6 +245,15 @@ class TurnLifecycle(Generic[RunnerT]):
         ``request_id_conflict``), even while another turn runs; only then
         ``generation_in_progress``.
         """
+        with self._telemetry.span("turnstore.begin_turn", {"turnstore.chat_id": params.chat_id}):
+            outcome = await self._begin_turn(scope, params, runner)
+            reason = outcome.reason.value if outcome.reason is not None else None
+            self._telemetry.turn_start(outcome.kind.value, reason)
+            return outcome
+
+    async def _begin_turn(
+        self, scope: AccessScope, params: CreateTurnParams, runner: RunnerT | None
+    ) -> StartOutcome:
         async with self._on(runner, atomic=False) as run:
             refused: GenerationInProgressError | None = None
             for _ in range(_START_ATTEMPTS):
@@ -270,7 +298,14 @@ class TurnLifecycle(Generic[RunnerT]):
     ) -> KeepAlive[RunnerT]:
         """A ``KeepAlive`` for one running turn (see ``KeepAlive``); ``clock`` is the
         monotonic clock that paces the writes."""
-        return KeepAlive(self._store, scope, turn_id, settings or self._keep_alive, clock=clock)
+        return KeepAlive(
+            self._store,
+            scope,
+            turn_id,
+            settings or self._keep_alive,
+            clock=clock,
+            telemetry=self._telemetry,
+        )
 
     # ---- finalize
 
@@ -353,6 +388,20 @@ class TurnLifecycle(Generic[RunnerT]):
         hook: FinalizeHook[RunnerT] | None,
         runner: RunnerT | None,
     ) -> FinalizeOutcome:
+        with self._telemetry.span(_FINALIZE_SPANS[state], {"turnstore.turn_id": turn.id}):
+            outcome = await self._finalize_in(scope, turn, state, cas, hook, runner)
+            self._telemetry.turn_finalized(state.value, outcome.won)
+            return outcome
+
+    async def _finalize_in(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        state: TurnState,
+        cas: Callable[[RunnerT], Awaitable[int]],
+        hook: FinalizeHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> FinalizeOutcome:
         # Without a hook the CAS is the only statement: autocommit saves BEGIN and COMMIT.
         async with self._on(runner, atomic=hook is not None) as run:
             won = await cas(run) == 1
@@ -416,6 +465,28 @@ class TurnLifecycle(Generic[RunnerT]):
         )
 
     async def _mutate(
+        self,
+        kind: MutationKind,
+        scope: AccessScope,
+        chat_id: UUID,
+        request_id: UUID,
+        actor_user_id: UUID | None,
+        new_turn_id: UUID | None,
+        hook: MutationHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> MutationResult:
+        with self._telemetry.span(f"turnstore.{kind.value}_turn", {"turnstore.chat_id": chat_id}):
+            try:
+                result = await self._mutate_in(
+                    kind, scope, chat_id, request_id, actor_user_id, new_turn_id, hook, runner
+                )
+            except TurnStoreError as exc:
+                self._telemetry.turn_mutated(kind.value, exc.code)
+                raise
+            self._telemetry.turn_mutated(kind.value, None)
+            return result
+
+    async def _mutate_in(
         self,
         kind: MutationKind,
         scope: AccessScope,
