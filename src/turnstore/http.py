@@ -24,7 +24,7 @@ anything else                                         500
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from turnstore.errors import TurnStoreError
 from turnstore.lifecycle import FinalizeOutcome, StartOutcome
@@ -74,7 +74,7 @@ RETRYABLE_CODES = frozenset(
 RETRY_AFTER_SECS = 1
 
 #: What the functions here accept.
-Refusal = Union[TurnStoreError, StartOutcome, FinalizeOutcome, str]
+Refusal = TurnStoreError | StartOutcome | FinalizeOutcome | str
 
 
 def code_of(refusal: Refusal) -> str:

@@ -22,6 +22,7 @@ from uuid import UUID
 __all__ = [
     "NO_TELEMETRY",
     "METRIC_NAMES",
+    "SCAN_BUCKETS_SECS",
     "NoTelemetry",
     "OpenTelemetry",
     "Telemetry",
@@ -42,6 +43,10 @@ METRIC_NAMES = (
     "turnstore.watchdog.scan.duration",
     "turnstore.watchdog.leader",
 )
+
+
+#: Bucket boundaries (seconds) suggested for the scan duration histogram.
+SCAN_BUCKETS_SECS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Telemetry(Protocol):
@@ -181,9 +186,13 @@ class OpenTelemetry:
             unit="{turn}",
             description="orphaned turns the watchdog failed",
         )
-        self._scan = meter.create_histogram(
-            "turnstore.watchdog.scan.duration", unit="s", description="watchdog scan duration"
-        )
+        scan = ("turnstore.watchdog.scan.duration", "s", "watchdog scan duration")
+        try:
+            self._scan = meter.create_histogram(
+                *scan, explicit_bucket_boundaries_advisory=SCAN_BUCKETS_SECS
+            )
+        except TypeError:  # pragma: no cover - opentelemetry-api older than the advisory
+            self._scan = meter.create_histogram(*scan)
         self._leader = meter.create_gauge(
             "turnstore.watchdog.leader",
             unit="1",
