@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -62,8 +61,8 @@ class Recorded:
 
 
 @pytest.fixture
-def recorded() -> Iterator[Recorded]:
-    yield Recorded()
+def recorded() -> Recorded:
+    return Recorded()
 
 
 def attrs(**kwargs: Any) -> frozenset[tuple[str, Any]]:
@@ -77,7 +76,8 @@ async def test_a_scenario_produces_its_metrics_and_spans(recorded: Recorded) -> 
     chat, other = Chat(), Chat()
 
     first = await lifecycle.begin_turn(chat.scope, chat.params(request_id := uuid.uuid4()))
-    assert first.kind is StartKind.STARTED and first.turn is not None
+    assert first.kind is StartKind.STARTED
+    assert first.turn is not None
     busy = await lifecycle.begin_turn(chat.scope, chat.params())
     assert busy.kind is StartKind.REJECTED
     settings = KeepAliveSettings(interval_secs=1, heartbeat=False)
@@ -147,7 +147,8 @@ async def test_a_span_records_the_start_outcome_and_a_failed_call(recorded: Reco
         await lifecycle.retry_turn(chat.scope, chat.chat_id, uuid.uuid4(), chat.user_id)
     spans = recorded.exporter.get_finished_spans()
     started, rejected, retry = spans
-    assert started.attributes is not None and rejected.attributes is not None
+    assert started.attributes is not None
+    assert rejected.attributes is not None
     assert started.attributes["turnstore.start.kind"] == "started"
     assert started.attributes["turnstore.chat_id"] == str(chat.chat_id)
     assert rejected.attributes["turnstore.reject.reason"] == "generation_in_progress"
