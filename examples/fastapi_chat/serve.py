@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -30,10 +31,17 @@ def main() -> None:
     if os.environ.get("TURNSTORE_DSN"):
         serve()
         return
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: make that an exit
+    # that unwinds, so the embedded server below is stopped and deleted.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with embedded_server() as dsn:
         print(f"embedded PostgreSQL: {dsn}", flush=True)
         os.environ["TURNSTORE_DSN"] = dsn
         serve()
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from fastapi_chat.model import FAIL_MARKER, FakeModel
-from fastapi_chat.tests.conftest import Streamed, User, read_events, stream
+from fastapi_chat.tests.conftest import Server, Streamed, User, read_events, stream
 
 
 def words(count: int) -> str:
@@ -262,3 +262,34 @@ async def test_the_metrics_endpoint_shows_turnstore_metrics(client: httpx.AsyncC
         r'^turnstore_turns_finalized_total\{.*state="completed".*\} [1-9]', metrics, re.M
     )
     assert 'turnstore_watchdog_scan_duration_seconds_bucket{le="0.001"' in metrics
+
+
+async def test_a_cancel_served_by_another_instance_rolls_the_answer_back(
+    client: httpx.AsyncClient, database: str
+) -> None:
+    """The generating instance does not hear of the cancel until its next keep-alive
+    write, so it generates to the end; its complete then loses the CAS, and the answer
+    written in the same transaction is rolled back."""
+    other = Server(database).start()
+    try:
+        user = User()
+        prompt = words(80)
+        got = Streamed(200)
+        async with (
+            httpx.AsyncClient(base_url=other.url, timeout=30) as elsewhere,
+            client.stream(
+                "POST", user.path(), json=send_body(prompt), headers=user.headers
+            ) as response,
+        ):
+            async for event in read_events(response, got):
+                if event == "token" and len(got.tokens) == 3:
+                    url = user.path(f"turns/{got.turn['turn_id']}/cancel")
+                    cancelled = await elsewhere.post(url, headers=user.headers)
+                    assert cancelled.status_code == 200
+    finally:
+        other.stop()
+    assert got.tokens == FakeModel.tokens(prompt)  # this instance did not know
+    assert got.end == {"state": "cancelled", "message_id": None, "error_code": None}
+    assert await message_roles(client, user) == [("user", prompt)]
+    turn = await turn_state(client, user, got.turn["turn_id"])
+    assert (turn["state"], turn["assistant_message_id"]) == ("cancelled", None)
