@@ -23,6 +23,7 @@ from turnstore.errors import (
     GenerationInProgressError,
     NotLatestTurnError,
     TurnNotFoundError,
+    TurnStoreError,
 )
 from turnstore.ids import new_uuid7
 from turnstore.keepalive import KeepAlive
@@ -43,6 +44,7 @@ from turnstore.rules import (
 )
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
+from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import (
     check_callable,
     check_instance,
@@ -159,6 +161,14 @@ class FinalizeOutcome:
     turn: Turn | None = None
 
 
+#: The span of each finalizing call, by the state it moves the turn to.
+_FINALIZE_SPANS = {
+    TurnState.COMPLETED: "turnstore.complete_turn",
+    TurnState.FAILED: "turnstore.fail_turn",
+    TurnState.CANCELLED: "turnstore.cancel_turn",
+}
+
+
 # --------------------------------------------------------------------------- mutations
 
 
@@ -222,11 +232,16 @@ class TurnLifecycle(Generic[RunnerT]):
     """
 
     def __init__(
-        self, store: TurnStore[RunnerT], *, keep_alive: KeepAliveSettings | None = None
+        self,
+        store: TurnStore[RunnerT],
+        *,
+        keep_alive: KeepAliveSettings | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         _check_optional("keep_alive", keep_alive, KeepAliveSettings)
         self._store = store
         self._keep_alive = keep_alive if keep_alive is not None else KeepAliveSettings()
+        self._telemetry = telemetry
 
     @property
     def store(self) -> TurnStore[RunnerT]:
@@ -239,6 +254,10 @@ class TurnLifecycle(Generic[RunnerT]):
     @property
     def keep_alive_settings(self) -> KeepAliveSettings:
         return self._keep_alive
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._telemetry
 
     def _on(self, runner: RunnerT | None, *, atomic: bool) -> AbstractAsyncContextManager[RunnerT]:
         if runner is not None:
@@ -261,6 +280,15 @@ class TurnLifecycle(Generic[RunnerT]):
         """
         check_scope(scope)
         check_instance("params", params, CreateTurnParams)
+        with self._telemetry.span("turnstore.begin_turn", {"turnstore.chat_id": params.chat_id}):
+            outcome = await self._begin_turn(scope, params, runner)
+            reason = outcome.reason.value if outcome.reason is not None else None
+            self._telemetry.turn_start(outcome.kind.value, reason)
+            return outcome
+
+    async def _begin_turn(
+        self, scope: AccessScope, params: CreateTurnParams, runner: RunnerT | None
+    ) -> StartOutcome:
         async with self._on(runner, atomic=False) as run:
             refused: GenerationInProgressError | None = None
             for _ in range(_START_ATTEMPTS):
@@ -308,7 +336,14 @@ class TurnLifecycle(Generic[RunnerT]):
         """A ``KeepAlive`` for one running turn (see ``KeepAlive``); ``clock`` is the
         monotonic clock that paces the writes."""
         _check_optional("settings", settings, KeepAliveSettings)
-        return KeepAlive(self._store, scope, turn_id, settings or self._keep_alive, clock=clock)
+        return KeepAlive(
+            self._store,
+            scope,
+            turn_id,
+            settings or self._keep_alive,
+            clock=clock,
+            telemetry=self._telemetry,
+        )
 
     # ---- finalize
 
@@ -388,6 +423,20 @@ class TurnLifecycle(Generic[RunnerT]):
         return await self._finalize(scope, turn, params.state, cas, hook, runner)
 
     async def _finalize(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        state: TurnState,
+        cas: Callable[[RunnerT], Awaitable[int]],
+        hook: FinalizeHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> FinalizeOutcome:
+        with self._telemetry.span(_FINALIZE_SPANS[state], {"turnstore.turn_id": turn.id}):
+            outcome = await self._finalize_in(scope, turn, state, cas, hook, runner)
+            self._telemetry.turn_finalized(state.value, outcome.won)
+            return outcome
+
+    async def _finalize_in(
         self,
         scope: AccessScope,
         turn: Turn,
@@ -516,6 +565,29 @@ class TurnLifecycle(Generic[RunnerT]):
         check_optional_uuid("actor_user_id", actor_user_id)
         check_optional_uuid("new_turn_id", new_turn_id)
         _check_hook(hook)
+        with self._telemetry.span(f"turnstore.{kind.value}_turn", {"turnstore.chat_id": chat_id}):
+            try:
+                result = await self._mutate_in(
+                    kind, scope, chat, request_id, actor_user_id, new_turn_id, hook, runner
+                )
+            except TurnStoreError as exc:
+                self._telemetry.turn_mutated(kind.value, exc.code)
+                raise
+            self._telemetry.turn_mutated(kind.value, None)
+            return result
+
+    async def _mutate_in(
+        self,
+        kind: MutationKind,
+        scope: AccessScope,
+        chat: tuple[UUID, UUID],
+        request_id: UUID,
+        actor_user_id: UUID | None,
+        new_turn_id: UUID | None,
+        hook: MutationHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> MutationResult:
+        tenant_id, chat_id = chat
         async with self._on(runner, atomic=True) as run:
             # Lock the chat first: every check below then reads the state the previous
             # mutation of this chat committed, never an older snapshot. The lock is taken

@@ -36,6 +36,7 @@ from turnstore.settings import (
     OrphanTimeoutSecs,
     WatchdogSettings,
 )
+from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import check_callable, check_instance
 
 __all__ = [
@@ -108,6 +109,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         settlement_hook: SettlementHook[RunnerT] | None = None,
         metrics: WatchdogMetrics | None = None,
         election: LeaderElection | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         # No election given: the store's own (``TurnStore.leader_election``).
         if settings is not None:
@@ -124,6 +126,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         self._sweep_lock = asyncio.Lock()
         self._task: Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._telemetry = telemetry
 
     @property
     def settings(self) -> WatchdogSettings:
@@ -139,7 +142,9 @@ class OrphanWatchdog(Generic[RunnerT]):
 
     async def elect(self) -> bool:
         """Become or confirm being the leader; False while another instance leads."""
-        return await self._election.acquire()
+        leader = await self._election.acquire()
+        self._telemetry.leadership(leader)
+        return leader
 
     async def run_once(self) -> SweepReport:
         """One scan, if this instance is or can become the leader.
@@ -148,7 +153,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         one-off sweep (the CLI) leaves nothing behind.
         """
         held = self._election.is_leader
-        if not await self._election.acquire():
+        if not await self.elect():
             return SweepReport(leader=False)
         try:
             async with self._sweep_lock:
@@ -156,8 +161,19 @@ class OrphanWatchdog(Generic[RunnerT]):
         finally:
             if not held and not self.running:
                 await self._election.release()
+                self._telemetry.leadership(False)
 
     async def _sweep(self) -> SweepReport:
+        with self._telemetry.span("turnstore.watchdog.scan"):
+            report = await self._sweep_in()
+        for _ in report.finalized:
+            self._telemetry.orphan_failed()
+        self._telemetry.watchdog_scan(
+            report.duration_secs, len(report.detected), len(report.finalized)
+        )
+        return report
+
+    async def _sweep_in(self) -> SweepReport:
         settings = self._settings
         timeout = settings.orphan_timeout_secs
         turns = self._store.turns
@@ -171,7 +187,10 @@ class OrphanWatchdog(Generic[RunnerT]):
         errors: list[UUID] = []
         for candidate in candidates:
             try:
-                final = await self._finalize(candidate)
+                with self._telemetry.span(
+                    "turnstore.finalize_orphan", {"turnstore.turn_id": candidate.id}
+                ):
+                    final = await self._finalize(candidate)
             except Exception:
                 logger.exception("finalizing orphan turn %s failed; rolled back", candidate.id)
                 errors.append(candidate.id)
@@ -249,6 +268,7 @@ class OrphanWatchdog(Generic[RunnerT]):
                 if not task.cancelled() and task.exception() is not None:
                     logger.error("orphan watchdog loop failed", exc_info=task.exception())
             await self._election.release()
+            self._telemetry.leadership(False)
 
     async def __aenter__(self) -> OrphanWatchdog[RunnerT]:
         await self.start()

@@ -21,6 +21,7 @@ from turnstore._compat_sync import Task, sleep, spawn, wait_tasks
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.sync.repository import RunnerT, TurnStore
+from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import check_callable, check_instance, check_uuid
 
 __all__ = ["KeepAlive"]
@@ -45,6 +46,7 @@ class KeepAlive(Generic[RunnerT]):
         settings: KeepAliveSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         check_scope(scope)
         check_uuid("turn_id", turn_id)
@@ -61,6 +63,7 @@ class KeepAlive(Generic[RunnerT]):
         self._running = True
         self._writes = 0
         self._task: Task[None] | None = None
+        self._telemetry = telemetry
 
     @property
     def turn_id(self) -> UUID:
@@ -121,12 +124,16 @@ class KeepAlive(Generic[RunnerT]):
                 return
             previous, self._last_write = (self._last_write, now)
             try:
-                with self._store.connection() as runner:
-                    rows = self._turns.update_progress_at(runner, self._scope, self._turn_id)
+                with self._telemetry.span(
+                    "turnstore.keep_alive", {"turnstore.turn_id": self._turn_id}
+                ):
+                    with self._store.connection() as runner:
+                        rows = self._turns.update_progress_at(runner, self._scope, self._turn_id)
             except BaseException:
                 self._last_write = previous
                 raise
             self._writes += 1
+            self._telemetry.keep_alive_write(rows != 0)
             if rows == 0:
                 self._running = False
 

@@ -22,6 +22,7 @@ from turnstore.errors import (
     GenerationInProgressError,
     NotLatestTurnError,
     TurnNotFoundError,
+    TurnStoreError,
 )
 from turnstore.ids import new_uuid7
 from turnstore.lifecycle import (
@@ -48,6 +49,7 @@ from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.sync.keepalive import KeepAlive
 from turnstore.sync.repository import RunnerT, TurnRepository, TurnStore
+from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import check_callable, check_instance, check_optional_uuid, check_uuid
 
 __all__ = [
@@ -83,6 +85,11 @@ def _generation_in_progress(running: Turn | None, running_turn_id: UUID | None) 
 
 
 FinalizeHook = Callable[[RunnerT, Turn], None]
+_FINALIZE_SPANS = {
+    TurnState.COMPLETED: "turnstore.complete_turn",
+    TurnState.FAILED: "turnstore.fail_turn",
+    TurnState.CANCELLED: "turnstore.cancel_turn",
+}
 MutationHook = Callable[[RunnerT, MutationResult], None]
 
 
@@ -115,11 +122,16 @@ class TurnLifecycle(Generic[RunnerT]):
     """
 
     def __init__(
-        self, store: TurnStore[RunnerT], *, keep_alive: KeepAliveSettings | None = None
+        self,
+        store: TurnStore[RunnerT],
+        *,
+        keep_alive: KeepAliveSettings | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         _check_optional("keep_alive", keep_alive, KeepAliveSettings)
         self._store = store
         self._keep_alive = keep_alive if keep_alive is not None else KeepAliveSettings()
+        self._telemetry = telemetry
 
     @property
     def store(self) -> TurnStore[RunnerT]:
@@ -132,6 +144,10 @@ class TurnLifecycle(Generic[RunnerT]):
     @property
     def keep_alive_settings(self) -> KeepAliveSettings:
         return self._keep_alive
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._telemetry
 
     def _on(self, runner: RunnerT | None, *, atomic: bool) -> AbstractContextManager[RunnerT]:
         if runner is not None:
@@ -152,6 +168,15 @@ class TurnLifecycle(Generic[RunnerT]):
         """
         check_scope(scope)
         check_instance("params", params, CreateTurnParams)
+        with self._telemetry.span("turnstore.begin_turn", {"turnstore.chat_id": params.chat_id}):
+            outcome = self._begin_turn(scope, params, runner)
+            reason = outcome.reason.value if outcome.reason is not None else None
+            self._telemetry.turn_start(outcome.kind.value, reason)
+            return outcome
+
+    def _begin_turn(
+        self, scope: AccessScope, params: CreateTurnParams, runner: RunnerT | None
+    ) -> StartOutcome:
         with self._on(runner, atomic=False) as run:
             refused: GenerationInProgressError | None = None
             for _ in range(_START_ATTEMPTS):
@@ -195,7 +220,14 @@ class TurnLifecycle(Generic[RunnerT]):
         """A ``KeepAlive`` for one running turn (see ``KeepAlive``); ``clock`` is the
         monotonic clock that paces the writes."""
         _check_optional("settings", settings, KeepAliveSettings)
-        return KeepAlive(self._store, scope, turn_id, settings or self._keep_alive, clock=clock)
+        return KeepAlive(
+            self._store,
+            scope,
+            turn_id,
+            settings or self._keep_alive,
+            clock=clock,
+            telemetry=self._telemetry,
+        )
 
     def complete_turn(
         self,
@@ -273,6 +305,20 @@ class TurnLifecycle(Generic[RunnerT]):
         return self._finalize(scope, turn, params.state, cas, hook, runner)
 
     def _finalize(
+        self,
+        scope: AccessScope,
+        turn: Turn,
+        state: TurnState,
+        cas: Callable[[RunnerT], int],
+        hook: FinalizeHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> FinalizeOutcome:
+        with self._telemetry.span(_FINALIZE_SPANS[state], {"turnstore.turn_id": turn.id}):
+            outcome = self._finalize_in(scope, turn, state, cas, hook, runner)
+            self._telemetry.turn_finalized(state.value, outcome.won)
+            return outcome
+
+    def _finalize_in(
         self,
         scope: AccessScope,
         turn: Turn,
@@ -394,6 +440,29 @@ class TurnLifecycle(Generic[RunnerT]):
         check_optional_uuid("actor_user_id", actor_user_id)
         check_optional_uuid("new_turn_id", new_turn_id)
         _check_hook(hook)
+        with self._telemetry.span(f"turnstore.{kind.value}_turn", {"turnstore.chat_id": chat_id}):
+            try:
+                result = self._mutate_in(
+                    kind, scope, chat, request_id, actor_user_id, new_turn_id, hook, runner
+                )
+            except TurnStoreError as exc:
+                self._telemetry.turn_mutated(kind.value, exc.code)
+                raise
+            self._telemetry.turn_mutated(kind.value, None)
+            return result
+
+    def _mutate_in(
+        self,
+        kind: MutationKind,
+        scope: AccessScope,
+        chat: tuple[UUID, UUID],
+        request_id: UUID,
+        actor_user_id: UUID | None,
+        new_turn_id: UUID | None,
+        hook: MutationHook[RunnerT] | None,
+        runner: RunnerT | None,
+    ) -> MutationResult:
+        tenant_id, chat_id = chat
         with self._on(runner, atomic=True) as run:
             target: Turn | None = None
             if scope.permits_tenant(tenant_id):

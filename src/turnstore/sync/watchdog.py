@@ -36,6 +36,7 @@ from turnstore.settings import (
 )
 from turnstore.sync.election import LeaderElection
 from turnstore.sync.repository import RunnerT, TurnStore
+from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import check_callable, check_instance
 from turnstore.watchdog import SweepReport, WatchdogMetrics
 
@@ -69,6 +70,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         settlement_hook: SettlementHook[RunnerT] | None = None,
         metrics: WatchdogMetrics | None = None,
         election: LeaderElection | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
         if settings is not None:
             check_instance("settings", settings, WatchdogSettings)
@@ -84,6 +86,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         self._sweep_lock = threading.Lock()
         self._task: Task[None] | None = None
         self._stopping = threading.Event()
+        self._telemetry = telemetry
 
     @property
     def settings(self) -> WatchdogSettings:
@@ -99,7 +102,9 @@ class OrphanWatchdog(Generic[RunnerT]):
 
     def elect(self) -> bool:
         """Become or confirm being the leader; False while another instance leads."""
-        return self._election.acquire()
+        leader = self._election.acquire()
+        self._telemetry.leadership(leader)
+        return leader
 
     def run_once(self) -> SweepReport:
         """One scan, if this instance is or can become the leader.
@@ -108,7 +113,7 @@ class OrphanWatchdog(Generic[RunnerT]):
         one-off sweep (the CLI) leaves nothing behind.
         """
         held = self._election.is_leader
-        if not self._election.acquire():
+        if not self.elect():
             return SweepReport(leader=False)
         try:
             with self._sweep_lock:
@@ -116,8 +121,19 @@ class OrphanWatchdog(Generic[RunnerT]):
         finally:
             if not held and (not self.running):
                 self._election.release()
+                self._telemetry.leadership(False)
 
     def _sweep(self) -> SweepReport:
+        with self._telemetry.span("turnstore.watchdog.scan"):
+            report = self._sweep_in()
+        for _ in report.finalized:
+            self._telemetry.orphan_failed()
+        self._telemetry.watchdog_scan(
+            report.duration_secs, len(report.detected), len(report.finalized)
+        )
+        return report
+
+    def _sweep_in(self) -> SweepReport:
         settings = self._settings
         timeout = settings.orphan_timeout_secs
         turns = self._store.turns
@@ -131,7 +147,10 @@ class OrphanWatchdog(Generic[RunnerT]):
         errors: list[UUID] = []
         for candidate in candidates:
             try:
-                final = self._finalize(candidate)
+                with self._telemetry.span(
+                    "turnstore.finalize_orphan", {"turnstore.turn_id": candidate.id}
+                ):
+                    final = self._finalize(candidate)
             except Exception:
                 logger.exception("finalizing orphan turn %s failed; rolled back", candidate.id)
                 errors.append(candidate.id)
@@ -207,6 +226,7 @@ class OrphanWatchdog(Generic[RunnerT]):
                 if not task.cancelled() and task.exception() is not None:
                     logger.error("orphan watchdog loop failed", exc_info=task.exception())
             self._election.release()
+            self._telemetry.leadership(False)
 
     def __enter__(self) -> OrphanWatchdog[RunnerT]:
         self.start()
