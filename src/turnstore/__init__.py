@@ -14,12 +14,15 @@ from turnstore.errors import (
     InvalidTurnStateError,
     MigrationError,
     NotLatestTurnError,
+    RequestFingerprintMismatchError,
+    RequestInProgressError,
     SchemaMismatchError,
     ScopeDeniedError,
     StoreUnavailableError,
     TurnNotFoundError,
     TurnStoreError,
 )
+from turnstore.fingerprint import request_fingerprint
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -30,6 +33,7 @@ from turnstore.model import (
     TurnState,
     UpdatePreflightParams,
 )
+from turnstore.paging import TurnPage
 from turnstore.repository import TurnRepository, TurnStore
 from turnstore.scope import AccessScope, ScopeConstraint, ScopeFilter
 
@@ -48,6 +52,8 @@ __all__ = [
     "InvalidTurnStateError",
     "MigrationError",
     "NotLatestTurnError",
+    "RequestFingerprintMismatchError",
+    "RequestInProgressError",
     "RequesterType",
     "SchemaMismatchError",
     "ScopeConstraint",
@@ -57,10 +63,12 @@ __all__ = [
     "ToolCallType",
     "Turn",
     "TurnNotFoundError",
+    "TurnPage",
     "TurnRepository",
     "TurnState",
     "TurnStore",
     "TurnStoreError",
     "UpdatePreflightParams",
     "__version__",
+    "request_fingerprint",
 ]

@@ -21,11 +21,13 @@ from pydantic import (
 )
 
 from turnstore.errors import InvalidParameterError
+from turnstore.fingerprint import MAX_FINGERPRINT_LENGTH, normalize_fingerprint
 from turnstore.scope import AccessScope
 
 __all__ = [
     "INT4_MAX",
     "INT8_MAX",
+    "MAX_RETENTION_BATCH",
     "CasCompleteParams",
     "CasTerminalParams",
     "CreateTurnParams",
@@ -39,6 +41,7 @@ __all__ = [
     "check_uuid",
     "trusted_turn",
     "validate_orphan_args",
+    "validate_retention_args",
 ]
 
 INT4_MAX = 2**31 - 1
@@ -124,6 +127,13 @@ ProviderResponseId = Annotated[
 EffectiveModel = Annotated[
     str, Field(min_length=1, max_length=1024), BeforeValidator(_storable_text)
 ]
+# Validators run last-listed first: bytes become hex before the text check.
+RequestFingerprint = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_FINGERPRINT_LENGTH),
+    BeforeValidator(_storable_text),
+    BeforeValidator(normalize_fingerprint),
+]
 
 _PARAMS_CONFIG = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
@@ -170,6 +180,7 @@ class Turn(BaseModel):
     last_progress_at: datetime | None
     completed_at: datetime | None = None
     updated_at: datetime
+    request_fingerprint: str | None = None
 
     @property
     def is_deleted(self) -> bool:
@@ -226,6 +237,10 @@ class CreateTurnParams(BaseModel):
     effective_model: EffectiveModel | None = None
     minimal_generation_floor_applied: NonNegInt4 | None = None
     web_search_enabled: bool = False
+    #: What the request asked for (``turnstore.request_fingerprint`` computes one): a resend
+    #: of the same request id with another fingerprint is refused, not replayed. ``bytes``
+    #: (a raw digest) are stored as hex.
+    request_fingerprint: RequestFingerprint | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> CreateTurnParams:
@@ -335,3 +350,16 @@ def validate_orphan_args(timeout_secs: object, limit: object | None = None) -> N
     _check_int("timeout_secs", timeout_secs, 0, INT4_MAX)
     if limit is not None:
         _check_int("limit", limit, 1, INT4_MAX)
+
+
+#: The most rows one retention batch deletes (in one transaction).
+MAX_RETENTION_BATCH = 100_000
+
+
+def validate_retention_args(older_than_secs: object | None, limit: object | None = None) -> None:
+    """The scalar rules of the retention methods: ``0 <= older_than_secs <= 2**31 - 1`` and
+    ``1 <= limit <= 100000``, ints (not bools). Raises ``InvalidParameterError``."""
+    if older_than_secs is not None:
+        _check_int("older_than_secs", older_than_secs, 0, INT4_MAX)
+    if limit is not None:
+        _check_int("limit", limit, 1, MAX_RETENTION_BATCH)

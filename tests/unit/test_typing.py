@@ -43,6 +43,8 @@ PUBLIC_NAMES = {
     "InvalidTurnStateError",
     "MigrationError",
     "NotLatestTurnError",
+    "RequestFingerprintMismatchError",
+    "RequestInProgressError",
     "RequesterType",
     "SchemaMismatchError",
     "ScopeConstraint",
@@ -52,12 +54,14 @@ PUBLIC_NAMES = {
     "ToolCallType",
     "Turn",
     "TurnNotFoundError",
+    "TurnPage",
     "TurnRepository",
     "TurnState",
     "TurnStore",
     "TurnStoreError",
     "UpdatePreflightParams",
     "__version__",
+    "request_fingerprint",
 }
 
 
@@ -84,7 +88,7 @@ def test_repository_and_store_are_protocols_generic_in_the_runner() -> None:
     # A repository only consumes runners, so it is contravariant in them.
     (base,) = get_original_bases(TurnRepository)
     assert get_args(base)[0].__contravariant__
-    assert len(get_protocol_members(TurnRepository)) == 14
+    assert len(get_protocol_members(TurnRepository)) == 20
 
 
 def test_backends_take_the_protocol_parameters_by_the_same_names() -> None:
