@@ -17,9 +17,13 @@ from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR
 from turnstore.embedded import temporary_database
 from turnstore.model import CreateTurnParams, RequesterType, Turn, TurnState
 from turnstore.postgres import PostgresStore, advisory_lock_key, check_schema, migrate
+from turnstore.postgres.migrations import migration_files
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import PostgresHarness
+
+#: Every shipped migration version, as the CLI lists them.
+ALL = ", ".join(f"{m.version:04d}" for m in migration_files())
 
 
 @pytest.fixture
@@ -42,7 +46,9 @@ async def test_migrate_applies_then_reports_up_to_date(
     empty_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await run_cli("migrate", "--dsn", empty_dsn) == 0
-    assert capsys.readouterr().out == "applied 0001_create_chat_turns to schema 'turnstore'\n"
+    assert capsys.readouterr().out == "".join(
+        f"applied {m.version:04d}_{m.name} to schema 'turnstore'\n" for m in migration_files()
+    )
     async with await psycopg.AsyncConnection.connect(empty_dsn) as conn:
         assert (await check_schema(conn)).current
 
@@ -84,7 +90,7 @@ async def test_check_fails_on_an_empty_database_and_creates_nothing(
 ) -> None:
     before = await schemas(empty_dsn)
     assert await run_cli("migrate", "--check", "--dsn", empty_dsn) == EXIT_STORE_ERROR
-    assert capsys.readouterr().out == "schema 'turnstore' is not current (pending: 0001)\n"
+    assert capsys.readouterr().out == f"schema 'turnstore' is not current (pending: {ALL})\n"
     assert await schemas(empty_dsn) == before
 
 
@@ -92,7 +98,7 @@ async def test_check_passes_on_a_migrated_database(
     turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await run_cli("migrate", "--check", "--dsn", turnstore_pg_dsn) == 0
-    assert capsys.readouterr().out == "schema 'turnstore' is current (applied: 0001)\n"
+    assert capsys.readouterr().out == f"schema 'turnstore' is current (applied: {ALL})\n"
 
 
 async def test_a_changed_migration_is_refused_and_reported_by_check(
@@ -106,7 +112,8 @@ async def test_a_changed_migration_is_refused_and_reported_by_check(
 
     assert await run_cli("migrate", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
     err = capsys.readouterr().err
-    assert err.startswith("turnstore: error: applied migration(s) [1]")
+    versions = [m.version for m in migration_files()]
+    assert err.startswith(f"turnstore: error: applied migration(s) {versions}")
     assert err.count("\n") == 1
 
 
@@ -135,7 +142,7 @@ DEMO_STEPS = [
     "a late failure report for turn-1 loses the CAS",
     "is rejected: generation_in_progress (running: turn-2)",
     "replay of turn-1",
-    "request_id_conflict",
+    "request_in_progress",
     "alice stops turn-2: cancelled",
     "alice retries turn-2: turn-3 starts",
     "turn-3 completed with assistant message msg-3",
@@ -334,7 +341,7 @@ async def test_sweep_refuses_a_schema_that_is_not_migrated(
 ) -> None:
     assert await run_cli("sweep", "--once", "--dsn", empty_dsn) == EXIT_STORE_ERROR
     assert capsys.readouterr().err == (
-        "turnstore: error: schema 'turnstore' is not current (pending: 0001); "
+        f"turnstore: error: schema 'turnstore' is not current (pending: {ALL}); "
         "run 'turnstore migrate'\n"
     )
 
@@ -342,7 +349,7 @@ async def test_sweep_refuses_a_schema_that_is_not_migrated(
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ("DELETE FROM turnstore.schema_migrations", "pending: 0001"),
+        ("DELETE FROM turnstore.schema_migrations", "pending: 0001"),  # 0001, then the rest
         (
             "INSERT INTO turnstore.schema_migrations (version, name, checksum)"
             " VALUES (9999, 'future', 'x')",

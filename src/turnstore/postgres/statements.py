@@ -385,17 +385,18 @@ LIMIT %s
 # Retention: one batch of terminal turns that ended before the cutoff, oldest first, through
 # chat_turns_terminal_completed. SKIP LOCKED passes over rows another transaction holds
 # (a turn being written). The cutoff is a scalar subquery over the one clock reading, so
-# it is computed once and bounds the index scan.
+# it is computed once and bounds the index scan. "id = ANY (ARRAY(...))" deletes the batch
+# through the primary key; "id IN (...)" lets the planner hash-join the whole table.
 PURGE_TURNS = """
 WITH clock AS (SELECT clock_timestamp() AS ts)
 DELETE FROM {turns}
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT id FROM {turns}
     WHERE state <> 'running'
       AND completed_at <= (SELECT ts FROM clock) - make_interval(secs => %s)
     ORDER BY completed_at, id
     LIMIT %s
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED))
 """
 
 COUNT_PURGEABLE = """
@@ -409,11 +410,11 @@ WHERE state <> 'running'
 # transaction holds (no SKIP LOCKED): an erasure must not leave rows behind.
 ERASE_TENANT = """
 DELETE FROM {turns}
-WHERE id IN (
+WHERE id = ANY (ARRAY(
     SELECT id FROM {turns}
     WHERE tenant_id = %s
     LIMIT %s
-    FOR UPDATE)
+    FOR UPDATE))
 """
 
 COUNT_TENANT = """
