@@ -665,3 +665,10 @@ def test_purgeable_means_terminal_and_ended_before_the_cutoff(
     assert is_purgeable(turn, turn.completed_at + timedelta(seconds=60), 60)
     assert not is_purgeable(turn, turn.completed_at + timedelta(seconds=59), 60)
     assert purge_cutoff(_T0, 60) == _T0 - timedelta(seconds=60)
+
+
+def test_a_running_turn_is_never_purgeable_whatever_its_timestamps() -> None:
+    """The schema keeps completed_at empty while a turn runs; the rule does not rely on it
+    (and the SQL needs ``state <> 'running'`` to use the retention index)."""
+    odd = _example_turn(UUID(int=1), state=RUNNING).model_copy(update={"completed_at": _T0})
+    assert not is_purgeable(odd, _T0 + timedelta(days=999), 0)

@@ -17,6 +17,9 @@ from turnstore.testing.conformance._support import ALLOW, Backend, make_params
 
 __all__ = ["TestGetTurn", "TestListTurns", "TestRequestFingerprint"]
 
+#: More pages than any test's chat has: a cursor that does not advance fails, not hangs.
+_MAX_PAGES = 50
+
 
 async def _all_pages(
     db: Backend, tenant_id: UUID, chat_id: UUID, limit: int, **kwargs: Any
@@ -24,7 +27,7 @@ async def _all_pages(
     pages: list[list[Turn]] = []
     cursor: str | None = None
     async with db.store.connection() as runner:
-        while True:
+        for _ in range(_MAX_PAGES):
             page = await db.repo.list_turns(
                 runner, ALLOW, tenant_id, chat_id, limit=limit, before=cursor, **kwargs
             )
@@ -32,6 +35,7 @@ async def _all_pages(
             if page.next_cursor is None:
                 return pages
             cursor = page.next_cursor
+    raise AssertionError(f"more than {_MAX_PAGES} pages: the cursor does not advance")
 
 
 def _newest_first(turns: list[Turn]) -> list[UUID]:
