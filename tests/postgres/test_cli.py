@@ -349,7 +349,7 @@ async def test_sweep_refuses_a_schema_that_is_not_migrated(
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ("DELETE FROM turnstore.schema_migrations", "pending: 0001"),  # 0001, then the rest
+        ("DELETE FROM turnstore.schema_migrations", f"pending: {ALL}"),
         (
             "INSERT INTO turnstore.schema_migrations (version, name, checksum)"
             " VALUES (9999, 'future', 'x')",
