@@ -1,4 +1,4 @@
-"""``InMemoryTurnRepository``: the 14 repository methods over the fake's storage engine.
+"""``InMemoryTurnRepository``: the repository methods over the fake's storage engine.
 
 Every decision is a pure function of ``turnstore.rules`` or ``AccessScope.permits``; this
 module turns each method into the statement it stands for (an INSERT, an UPDATE with its
@@ -87,7 +87,7 @@ def _keep_unless_given(new: _T | None, old: _T) -> _T:
 
 
 class InMemoryTurnRepository:
-    """``TurnRepository[InMemoryConnection]``: the 14 methods, decided by ``turnstore.rules``.
+    """``TurnRepository[InMemoryConnection]``: every method, decided by ``turnstore.rules``.
 
     Arguments are checked exactly as ``PostgresTurnRepository`` checks them, with the same
     errors. The repository holds no data; the runner names the store and the transaction.
