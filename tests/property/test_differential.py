@@ -281,8 +281,6 @@ _calls = _weighted(
     (2, _call("find_latest_for_update", _scopes, _chats)),
     (1, _call("update_preflight_fields", _scopes, update_preflight_params(turn_ids=_turn_ids))),
     (2, _call("increment_tool_calls", _scopes, _turn_ids, _pool(list(ToolCallType)))),
-    (1, _call("purge_turns", _timeouts, _limits)),
-    (1, _call("erase_tenant_turns", _tenants, _limits)),
     (1, _bad_arguments),
 )
 #: Any scoped call, but with a scope of the wrong type.
@@ -290,7 +288,13 @@ _bad_scopes = _calls.filter(lambda c: bool(c.args) and isinstance(c.args[0], Acc
     _without_a_scope
 )
 
-_autocommit_calls = _weighted((10, _calls), (1, _bad_scopes))
+#: Retention deletes, in autocommit as ``turnstore.retention`` runs them (the fake cannot
+#: insert a row over one its own open transaction deleted; see ``turnstore.memory``).
+_deletes = _weighted(
+    (1, _call("purge_turns", _timeouts, _limits)),
+    (1, _call("erase_tenant_turns", _tenants, _limits)),
+)
+_autocommit_calls = _weighted((10, _calls), (1, _bad_scopes), (1, _deletes))
 _transaction_calls = _weighted(
     (8, _calls),
     (2, _reads.map(lambda c: Call(c.method, c.args, True, c.kwargs))),

@@ -306,6 +306,12 @@ class Database:
             row = self.rows.get(turn_id) if turn_id is not None else None
             if row is None:
                 continue
+            if row.deleting and row.writer is txn:
+                # PostgreSQL would insert; the fake keeps one version per row and key.
+                raise NotImplementedError(
+                    "the in-memory store cannot insert a turn whose id or request id this "
+                    "transaction deleted (purge_turns, erase_tenant_turns); PostgreSQL can"
+                )
             if row.writer is not None and row.writer is not txn:
                 return row.writer
             return True
