@@ -1,9 +1,10 @@
 """Every repository query on its index at a million turns (issue 5, item 4).
 
 Loads ``--turns`` turns (default 1,000,000) over ``--chats`` chats and ``--tenants`` tenants
-with COPY into a fresh, migrated database, runs ANALYZE, then calls each of the 14
-repository methods with realistic parameters while ``auto_explain`` sends back the analyzed
-plan of every statement the call executes. Writes change nothing: each call runs in a
+with COPY into a fresh, migrated database, runs ANALYZE, then calls each repository
+method (``list_turns`` three ways: first page, next page, deleted turns included) with
+realistic parameters while ``auto_explain`` sends back the analyzed plan of every statement
+the call executes. Writes change nothing: each call runs in a
 transaction that is rolled back. Reports each method's server time and plan shape, and
 FAIL (exit status 1) when any plan scans ``chat_turns`` sequentially or the orphan scan does
 not return its 100 candidates within 5 ms of server time.
@@ -52,6 +53,10 @@ ORPHAN_BUDGET_MS = 5.0
 #: Calls per method: enough for psycopg to prepare the statements and for the server to
 #: consider a generic plan, so the plans seen are the ones a busy application gets.
 CALLS = 12
+#: A page of history, and one retention batch (of turns ended at least a minute ago).
+LIST_LIMIT = 50
+PURGE_BATCH = 1000
+PURGE_AGE_S = 60
 
 Conn = psycopg.AsyncConnection[Any]
 Call = Callable[[Conn, int], Awaitable[object]]
@@ -171,6 +176,38 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
             conn, tenant_scope(chat), turn_id, ToolCallType.WEB_SEARCH
         )
 
+    async def get_turn(conn: Conn, i: int) -> object:
+        chat, turn_id, _ = sample(i)
+        return await repo.get_turn(conn, tenant_scope(chat), turn_id)
+
+    def chat_key(i: int) -> tuple[AccessScope, uuid.UUID, uuid.UUID]:
+        chat = sample(i)[0]
+        tenant_id = data.tenant_ids[data.chat_tenant[chat]]
+        return tenant_scope(chat), tenant_id, data.chat_ids[chat]
+
+    async def list_turns(conn: Conn, i: int) -> object:
+        scope, tenant_id, chat_id = chat_key(i)
+        page = await repo.list_turns(conn, scope, tenant_id, chat_id, limit=LIST_LIMIT)
+        return page.turns
+
+    async def list_turns_next_page(conn: Conn, i: int) -> object:
+        scope, tenant_id, chat_id = chat_key(i)
+        first = await repo.list_turns(conn, scope, tenant_id, chat_id, limit=2)
+        page = await repo.list_turns(
+            conn, scope, tenant_id, chat_id, limit=LIST_LIMIT, before=first.next_cursor
+        )
+        return page.turns
+
+    async def list_turns_include_deleted(conn: Conn, i: int) -> object:
+        scope, tenant_id, chat_id = chat_key(i)
+        page = await repo.list_turns(
+            conn, scope, tenant_id, chat_id, limit=LIST_LIMIT, include_deleted=True
+        )
+        return page.turns
+
+    async def purge_turns(conn: Conn, i: int) -> object:
+        return await repo.purge_turns(conn, PURGE_AGE_S, PURGE_BATCH)
+
     return {
         "create_turn": (True, create_turn),
         "find_by_chat_and_request_id": (False, find_by_chat_and_request_id),
@@ -186,6 +223,11 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
         "find_latest_for_update": (True, find_latest_for_update),
         "update_preflight_fields": (True, update_preflight_fields),
         "increment_tool_calls": (True, increment_tool_calls),
+        "get_turn": (False, get_turn),
+        "list_turns": (False, list_turns),
+        "list_turns (next page)": (False, list_turns_next_page),
+        "list_turns (include_deleted)": (False, list_turns_include_deleted),
+        "purge_turns": (True, purge_turns),
     }
 
 

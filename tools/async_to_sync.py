@@ -81,6 +81,10 @@ MODULES: tuple[Module, ...] = (
         ),
     ),
     Module("watchdog.py", shared=("SweepReport", "WatchdogMetrics")),
+    Module(
+        "retention.py",
+        shared=("DEFAULT_BATCH_SIZE", "Progress", "RetentionReport", "_older_than_secs"),
+    ),
     Module("postgres/__init__.py"),
     Module(
         "postgres/election.py",
@@ -168,8 +172,10 @@ MODULES: tuple[Module, ...] = (
     Module("testing/conformance/concurrency.py", tests=True),
     Module("testing/conformance/create.py", tests=True),
     Module("testing/conformance/locking.py", tests=True),
+    Module("testing/conformance/lookups.py", tests=True),
     Module("testing/conformance/orphans.py", tests=True),
     Module("testing/conformance/reads.py", tests=True),
+    Module("testing/conformance/retention.py", tests=True),
     Module("testing/conformance/scope.py", tests=True),
     Module("testing/conformance/tenants.py", tests=True),
     Module("testing/conformance/timestamps.py", tests=True),

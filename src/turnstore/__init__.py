@@ -19,12 +19,15 @@ from turnstore.errors import (
     InvalidTurnStateError,
     MigrationError,
     NotLatestTurnError,
+    RequestFingerprintMismatchError,
+    RequestInProgressError,
     SchemaMismatchError,
     ScopeDeniedError,
     StoreUnavailableError,
     TurnNotFoundError,
     TurnStoreError,
 )
+from turnstore.fingerprint import request_fingerprint
 from turnstore.ids import new_uuid7
 from turnstore.lifecycle import (
     FinalizeOutcome,
@@ -46,6 +49,7 @@ from turnstore.model import (
     TurnState,
     UpdatePreflightParams,
 )
+from turnstore.paging import TurnPage
 from turnstore.repository import TurnRepository, TurnStore
 from turnstore.scope import AccessScope, ScopeConstraint, ScopeFilter
 from turnstore.settings import KeepAliveSettings, WatchdogSettings
@@ -118,6 +122,8 @@ __all__ = [
     "PostgresStore",
     "PostgresTurnRepository",
     "RejectReason",
+    "RequestFingerprintMismatchError",
+    "RequestInProgressError",
     "RequesterType",
     "SchemaMismatchError",
     "SchemaStatus",
@@ -132,6 +138,7 @@ __all__ = [
     "Turn",
     "TurnLifecycle",
     "TurnNotFoundError",
+    "TurnPage",
     "TurnRepository",
     "TurnState",
     "TurnStore",
@@ -144,4 +151,5 @@ __all__ = [
     "new_uuid7",
     "schema_sql",
     "__version__",
+    "request_fingerprint",
 ]

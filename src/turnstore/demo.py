@@ -249,10 +249,10 @@ class _Scenario:
             "(answer msg-1), nothing written"
         )
         duplicate = await lc.begin_turn(a, self.resend(self.turn2))
-        self.expect(duplicate.reason is RejectReason.REQUEST_ID_CONFLICT, "request_id_conflict")
+        self.expect(duplicate.reason is RejectReason.REQUEST_IN_PROGRESS, "request_in_progress")
         self.say(
             f"a duplicate of {ids(self.turn2.request_id)} arrives: rejected, "
-            "request_id_conflict (turn-2 holds that request id and has not completed)"
+            "request_in_progress (turn-2 holds that request id and is still running)"
         )
 
     async def cancel_and_retry(self) -> None:

@@ -19,6 +19,8 @@ __all__ = [
     "InvalidTurnStateError",
     "MigrationError",
     "NotLatestTurnError",
+    "RequestFingerprintMismatchError",
+    "RequestInProgressError",
     "ScopeDeniedError",
     "SchemaMismatchError",
     "StoreUnavailableError",
@@ -75,6 +77,23 @@ class DuplicateRequestError(TurnStoreError):
         self.existing_turn_id = existing_turn_id
         suffix = f" (turn {existing_turn_id})" if existing_turn_id is not None else ""
         super().__init__(f"chat {chat_id} already has a turn for request {request_id}{suffix}")
+
+
+class RequestInProgressError(DuplicateRequestError):
+    """The turn holding this ``(chat_id, request_id)`` is still running: a resend of a
+    request that has not finished (``request_in_progress``). Asking again once it ends
+    replays the answer, so retrying later helps."""
+
+    code = "request_in_progress"
+    retryable = True
+
+
+class RequestFingerprintMismatchError(DuplicateRequestError):
+    """The request id is taken by a turn whose request fingerprint differs: the same key
+    was sent with another request (``request_fingerprint_mismatch``)."""
+
+    code = "request_fingerprint_mismatch"
+    retryable = False
 
 
 class DuplicateTurnIdError(TurnStoreError):

@@ -22,6 +22,8 @@ from turnstore.errors import (
     DuplicateTurnIdError,
     GenerationInProgressError,
     NotLatestTurnError,
+    RequestFingerprintMismatchError,
+    RequestInProgressError,
     TurnNotFoundError,
     TurnStoreError,
 )
@@ -41,6 +43,7 @@ from turnstore.rules import (
     StartDecision,
     decide_start,
     mutation_rejection,
+    repeats_mutation,
 )
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
@@ -88,9 +91,17 @@ class StartKind(str, Enum):
 
 
 class RejectReason(str, Enum):
-    """Why ``begin_turn`` refused to start a turn."""
+    """Why ``begin_turn`` refused to start a turn (docs/lifecycle.md, *Why a start is
+    refused*)."""
 
+    #: The request id is taken by a turn that cannot be replayed (failed, cancelled,
+    #: deleted, or outside the caller's scope): a genuine key conflict.
     REQUEST_ID_CONFLICT = "request_id_conflict"
+    #: The request id's turn is still running: a resend of a request not finished yet.
+    REQUEST_IN_PROGRESS = "request_in_progress"
+    #: The request id's turn was started with another request fingerprint.
+    REQUEST_FINGERPRINT_MISMATCH = "request_fingerprint_mismatch"
+    #: Another turn of the chat is running.
     GENERATION_IN_PROGRESS = "generation_in_progress"
 
 
@@ -122,12 +133,33 @@ class StartOutcome:
     def rejected(self) -> bool:
         return self.kind is StartKind.REJECTED
 
+    def error(self, chat_id: UUID, request_id: UUID) -> TurnStoreError | None:
+        """The typed error for a rejection (``None`` unless rejected), for a host that
+        raises instead of branching: each ``RejectReason`` has its own class and ``code``."""
+        if self.reason is None:
+            return None
+        shown = self.turn.id if self.turn is not None else None
+        if self.reason is RejectReason.GENERATION_IN_PROGRESS:
+            return GenerationInProgressError(chat_id, self.running_turn_id)
+        if self.reason is RejectReason.REQUEST_IN_PROGRESS:
+            return RequestInProgressError(chat_id, request_id, shown)
+        if self.reason is RejectReason.REQUEST_FINGERPRINT_MISMATCH:
+            return RequestFingerprintMismatchError(chat_id, request_id, shown)
+        return DuplicateRequestError(chat_id, request_id, shown)
+
+
+_KEY_REASONS = {
+    StartDecision.REQUEST_ID_CONFLICT: RejectReason.REQUEST_ID_CONFLICT,
+    StartDecision.REQUEST_IN_PROGRESS: RejectReason.REQUEST_IN_PROGRESS,
+    StartDecision.REQUEST_FINGERPRINT_MISMATCH: RejectReason.REQUEST_FINGERPRINT_MISMATCH,
+}
+
 
 def _outcome_of(decision: StartDecision, existing: Turn) -> StartOutcome:
     """The outcome for a request whose idempotency key is already taken by ``existing``."""
     if decision is StartDecision.REPLAY:
         return StartOutcome(StartKind.REPLAY, turn=existing)
-    return StartOutcome(StartKind.REJECTED, turn=existing, reason=RejectReason.REQUEST_ID_CONFLICT)
+    return StartOutcome(StartKind.REJECTED, turn=existing, reason=_KEY_REASONS[decision])
 
 
 def _generation_in_progress(running: Turn | None, running_turn_id: UUID | None) -> StartOutcome:
@@ -148,15 +180,21 @@ FinalizeHook = Callable[[RunnerT, Turn], Awaitable[None]]
 
 @dataclass(frozen=True)
 class FinalizeOutcome:
-    """Whether this caller won the finalizing CAS.
+    """Whether this caller won the finalizing CAS, and the turn's state after the call.
+
+    ``state`` is the turn's state, not the one asked for: the new state when ``won``, else
+    the state the losing call found (e.g. ``cancelled`` for a late ``complete_turn`` on a
+    cancelled turn), read after the CAS matched no row; ``None`` when the turn no longer
+    exists in the caller's scope (purged, erased). Only a call that won may commit the
+    host's writes that go with the transition (the assistant message, the quota).
 
     ``turn`` is the finalized row, read in the same transaction, when a hook was given and
-    the CAS was won (the hook receives the same row); otherwise ``None``, which saves a
-    round trip on the common path.
+    the CAS was won (the hook receives the same row), or the row the losing call read;
+    otherwise ``None``, which saves a round trip on the common, winning path.
     """
 
     turn_id: UUID
-    state: TurnState
+    state: TurnState | None
     won: bool
     turn: Turn | None = None
 
@@ -183,14 +221,22 @@ class MutationResult:
     """A successful retry, edit or delete of a chat's last turn.
 
     ``target`` is the turn as it was before being soft-deleted. For retry and edit,
-    ``new_turn`` is the new running turn and ``new_request_id`` its server-generated
-    request id (also written to the target's ``replaced_by_request_id``).
+    ``new_turn`` is the new running turn and ``new_request_id`` its request id (the
+    caller's ``new_request_id=``, else one the server generated; also written to the
+    target's ``replaced_by_request_id``).
+
+    ``repeated`` is set when a retry or edit with the same ``new_request_id`` already
+    replaced the target (docs/design.md, *Retry, edit and delete*): nothing was written, no
+    hook ran, and ``repeated`` is what ``begin_turn`` with ``new_request_id`` gets (replay
+    of the completed new turn, ``request_in_progress`` while it runs, ...); ``new_turn`` is
+    that turn as it is now.
     """
 
     kind: MutationKind
     target: Turn
     new_turn: Turn | None = None
     new_request_id: UUID | None = None
+    repeated: StartOutcome | None = None
 
 
 #: A host hook run inside the mutation's transaction after the turn writes.
@@ -303,7 +349,8 @@ class TurnLifecycle(Generic[RunnerT]):
                         run, scope, params.tenant_id, params.chat_id, params.request_id
                     )
                     if existing is not None:
-                        return _outcome_of(decide_start(existing, None), existing)
+                        decision = decide_start(existing, None, params.request_fingerprint)
+                        return _outcome_of(decision, existing)
                     if isinstance(exc, DuplicateTurnIdError):
                         raise
                     if isinstance(exc, DuplicateRequestError):
@@ -449,12 +496,14 @@ class TurnLifecycle(Generic[RunnerT]):
         async with self._on(runner, atomic=hook is not None) as run:
             won = await cas(run) == 1
             if not won:
-                # Lost, or never in scope: only a second look tells "finalized elsewhere"
-                # from "not found" (docs/lifecycle.md, *Out of scope*). What a scope permits
-                # of a turn (its id and tenant) never changes and turns are never removed,
-                # so this later read answers for the CAS.
-                await self._require_visible(run, scope, turn)
-                return FinalizeOutcome(turn.id, state, False)
+                # The CAS matched no row: say what the caller lost to (one read, only here).
+                # A turn the scope cannot see is not found, as everywhere else
+                # (docs/lifecycle.md, *Out of scope*); what a scope permits of a turn (its id
+                # and tenant) never changes, so this later read answers for the CAS.
+                found = await self.turns.get_turn(run, scope, turn.id)
+                if found is None:
+                    raise TurnNotFoundError(turn.id)
+                return FinalizeOutcome(turn.id, found.state, False, found)
             if hook is None:
                 return FinalizeOutcome(turn.id, state, True)
             final = await self.turns.find_by_chat_and_request_id(
@@ -463,14 +512,6 @@ class TurnLifecycle(Generic[RunnerT]):
             assert final is not None, "the finalized turn is in scope: the CAS just saw it"
             await hook(run, final)
             return FinalizeOutcome(turn.id, state, True, final)
-
-    async def _require_visible(self, run: RunnerT, scope: AccessScope, turn: Turn) -> None:
-        """``TurnNotFoundError`` unless ``turn`` exists and ``scope`` permits it."""
-        found = await self.turns.find_by_chat_and_request_id(
-            run, scope, turn.tenant_id, turn.chat_id, turn.request_id
-        )
-        if found is None or found.id != turn.id:
-            raise TurnNotFoundError(turn.id)
 
     # ---- retry, edit, delete
 
@@ -483,10 +524,16 @@ class TurnLifecycle(Generic[RunnerT]):
         actor_user_id: UUID | None,
         *,
         new_turn_id: UUID | None = None,
+        new_request_id: UUID | None = None,
         hook: MutationHook[RunnerT] | None = None,
         runner: RunnerT | None = None,
     ) -> MutationResult:
-        """Replace the chat's last turn by a new running turn with a new request id."""
+        """Replace the chat's last turn by a new running turn with a new request id.
+
+        ``new_request_id`` (recommended: made by the client, kept across resends) makes the
+        retry idempotent: sending it again after the first one replaced the turn returns
+        ``MutationResult.repeated`` (what a start with that request id gets) instead of
+        ``not_latest_turn``. Without it the server generates one, and a resend is refused."""
         return await self._mutate(
             MutationKind.RETRY,
             scope,
@@ -496,6 +543,7 @@ class TurnLifecycle(Generic[RunnerT]):
             new_turn_id,
             hook,
             runner,
+            new_request_id,
         )
 
     async def edit_turn(
@@ -507,11 +555,12 @@ class TurnLifecycle(Generic[RunnerT]):
         actor_user_id: UUID | None,
         *,
         new_turn_id: UUID | None = None,
+        new_request_id: UUID | None = None,
         hook: MutationHook[RunnerT] | None = None,
         runner: RunnerT | None = None,
     ) -> MutationResult:
-        """Like ``retry_turn``; the host writes the edited user message in the same
-        transaction (through ``hook`` or its own ``runner``)."""
+        """Like ``retry_turn`` (``new_request_id`` included); the host writes the edited user
+        message in the same transaction (through ``hook`` or its own ``runner``)."""
         return await self._mutate(
             MutationKind.EDIT,
             scope,
@@ -521,6 +570,7 @@ class TurnLifecycle(Generic[RunnerT]):
             new_turn_id,
             hook,
             runner,
+            new_request_id,
         )
 
     async def delete_turn(
@@ -556,6 +606,7 @@ class TurnLifecycle(Generic[RunnerT]):
         new_turn_id: UUID | None,
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
+        new_request_id: UUID | None = None,
     ) -> MutationResult:
         tenant_id, chat_id = chat
         check_scope(scope)
@@ -564,11 +615,20 @@ class TurnLifecycle(Generic[RunnerT]):
         check_uuid("request_id", request_id)
         check_optional_uuid("actor_user_id", actor_user_id)
         check_optional_uuid("new_turn_id", new_turn_id)
+        check_optional_uuid("new_request_id", new_request_id)
         _check_hook(hook)
         with self._telemetry.span(f"turnstore.{kind.value}_turn", {"turnstore.chat_id": chat_id}):
             try:
                 result = await self._mutate_in(
-                    kind, scope, chat, request_id, actor_user_id, new_turn_id, hook, runner
+                    kind,
+                    scope,
+                    chat,
+                    request_id,
+                    actor_user_id,
+                    new_turn_id,
+                    hook,
+                    runner,
+                    new_request_id,
                 )
             except TurnStoreError as exc:
                 self._telemetry.turn_mutated(kind.value, exc.code)
@@ -586,6 +646,7 @@ class TurnLifecycle(Generic[RunnerT]):
         new_turn_id: UUID | None,
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
+        new_request_id: UUID | None,
     ) -> MutationResult:
         tenant_id, chat_id = chat
         async with self._on(runner, atomic=True) as run:
@@ -623,6 +684,13 @@ class TurnLifecycle(Generic[RunnerT]):
             ):
                 # Say that the target is not the last turn, but not which turn is.
                 rejection = NotLatestTurnError(rejection.turn_id, None)
+            if (
+                isinstance(rejection, NotLatestTurnError)
+                and target is not None
+                and repeats_mutation(target, new_request_id)
+            ):
+                assert new_request_id is not None
+                return await self._repeated(run, scope, kind, target, new_request_id)
             if rejection is not None:
                 raise rejection
             assert target is not None
@@ -630,7 +698,8 @@ class TurnLifecycle(Generic[RunnerT]):
                 await self.turns.soft_delete(run, scope, target.id, None)
                 result = MutationResult(kind, target)
             else:
-                new_request_id = new_uuid7()
+                if new_request_id is None:
+                    new_request_id = new_uuid7()
                 # Insert before deleting: if the insert collides (a turn was started in the
                 # chat meanwhile), nothing has been written yet.
                 new_turn = await self.turns.create_turn(
@@ -652,3 +721,22 @@ class TurnLifecycle(Generic[RunnerT]):
             if hook is not None:
                 await hook(run, result)
             return result
+
+    async def _repeated(
+        self,
+        run: RunnerT,
+        scope: AccessScope,
+        kind: MutationKind,
+        target: Turn,
+        new_request_id: UUID,
+    ) -> MutationResult:
+        """A retry or edit already done: the outcome of a start with its request id."""
+        new_turn = await self.turns.find_by_chat_and_request_id(
+            run, scope, target.tenant_id, target.chat_id, new_request_id
+        )
+        if new_turn is None:
+            # The new turn is gone (purged) or outside the caller's scope.
+            repeated = StartOutcome(StartKind.REJECTED, reason=RejectReason.REQUEST_ID_CONFLICT)
+        else:
+            repeated = _outcome_of(decide_start(new_turn, None), new_turn)
+        return MutationResult(kind, target, new_turn, new_request_id, repeated)

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from turnstore.fingerprint import MAX_FINGERPRINT_LENGTH, normalize_fingerprint
 from turnstore.scope import check_scope
 from turnstore.validation import (
     INT4_MAX,
@@ -34,6 +35,7 @@ from turnstore.validation import (
     ExactBool,
     Id,
     check_instance,
+    check_int,
     check_uuid,
     validate_orphan_args,
 )
@@ -41,6 +43,7 @@ from turnstore.validation import (
 __all__ = [
     "INT4_MAX",
     "INT8_MAX",
+    "MAX_RETENTION_BATCH",
     "CasCompleteParams",
     "CasTerminalParams",
     "CreateTurnParams",
@@ -55,6 +58,7 @@ __all__ = [
     "check_uuid",
     "trusted_turn",
     "validate_orphan_args",
+    "validate_retention_args",
 ]
 
 
@@ -147,6 +151,13 @@ EffectiveModel = Annotated[
     Field(min_length=1, max_length=MAX_EFFECTIVE_MODEL_CHARS),
     BeforeValidator(_storable_text),
 ]
+# Validators run last-listed first: bytes become hex before the text check.
+RequestFingerprint = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_FINGERPRINT_LENGTH),
+    BeforeValidator(_storable_text),
+    BeforeValidator(normalize_fingerprint),
+]
 
 _PARAMS_CONFIG = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False, strict=True)
 
@@ -197,6 +208,7 @@ class Turn(BaseModel):
     last_progress_at: datetime | None
     completed_at: datetime | None = None
     updated_at: datetime
+    request_fingerprint: str | None = None
 
     @property
     def is_deleted(self) -> bool:
@@ -253,6 +265,10 @@ class CreateTurnParams(BaseModel):
     effective_model: EffectiveModel | None = None
     minimal_generation_floor_applied: NonNegInt4 | None = None
     web_search_enabled: ExactBool = False
+    #: What the request asked for (``turnstore.request_fingerprint`` computes one): a resend
+    #: of the same request id with another fingerprint is refused, not replayed. ``bytes``
+    #: (a raw digest) are stored as hex.
+    request_fingerprint: RequestFingerprint | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> CreateTurnParams:
@@ -337,3 +353,16 @@ def check_turn(name: str, value: object) -> None:
     assert isinstance(value, Turn)
     for field in ("id", "tenant_id", "chat_id", "request_id"):
         check_uuid(f"{name}.{field}", getattr(value, field, None))
+
+
+#: The most rows one retention batch deletes (in one transaction).
+MAX_RETENTION_BATCH = 100_000
+
+
+def validate_retention_args(older_than_secs: object | None, limit: object | None = None) -> None:
+    """The scalar rules of the retention methods: ``0 <= older_than_secs <= 2**31 - 1`` and
+    ``1 <= limit <= 100000``, ints (not bools). Raises ``InvalidParameterError``."""
+    if older_than_secs is not None:
+        check_int("older_than_secs", older_than_secs, 0, INT4_MAX)
+    if limit is not None:
+        check_int("limit", limit, 1, MAX_RETENTION_BATCH)

@@ -22,6 +22,7 @@ from turnstore.model import (
     Turn,
     UpdatePreflightParams,
 )
+from turnstore.paging import TurnPage
 from turnstore.scope import AccessScope
 
 __all__ = ["RunnerT", "TurnRepository", "TurnStore"]
@@ -31,7 +32,7 @@ RunnerT_contra = TypeVar("RunnerT_contra", contravariant=True)
 
 
 class TurnRepository(Protocol[RunnerT_contra]):
-    """Persistence of turns: the 14 methods of docs/design.md, *Repository methods*.
+    """Persistence of turns: the methods of docs/design.md, *Repository methods*.
 
     Every scoped method sees only rows that ``scope`` permits; an out-of-scope row is
     indistinguishable from a missing one. Methods returning ``int`` report rows affected
@@ -151,6 +152,49 @@ class TurnRepository(Protocol[RunnerT_contra]):
         self, runner: RunnerT_contra, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
         """Add one to the tool's counter while the turn runs and is not deleted."""
+        ...
+
+    async def get_turn(
+        self, runner: RunnerT_contra, scope: AccessScope, turn_id: UUID
+    ) -> Turn | None:
+        """The turn with this id, deleted or not, if ``scope`` permits it."""
+        ...
+
+    async def list_turns(
+        self,
+        runner: RunnerT_contra,
+        scope: AccessScope,
+        tenant_id: UUID,
+        chat_id: UUID,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        include_deleted: bool = False,
+    ) -> TurnPage:
+        """A page of the chat's turns that ``scope`` permits, newest first by
+        ``(started_at, id)``: at most ``limit`` (1..500) turns strictly older than the
+        cursor ``before`` (a ``TurnPage.next_cursor``; ``None`` for the first page).
+        Soft-deleted turns only with ``include_deleted``. ``InvalidParameterError`` for a
+        bad limit or a cursor this library did not make."""
+        ...
+
+    async def purge_turns(self, runner: RunnerT_contra, older_than_secs: int, limit: int) -> int:
+        """Delete up to ``limit`` terminal turns (deleted or not) that ended at least
+        ``older_than_secs`` ago, oldest first, skipping rows another transaction holds;
+        return how many. Never a running turn. Unscoped: for retention jobs only."""
+        ...
+
+    async def count_purgeable(self, runner: RunnerT_contra, older_than_secs: int) -> int:
+        """How many turns ``purge_turns`` would delete with no limit (a dry run)."""
+        ...
+
+    async def erase_tenant_turns(self, runner: RunnerT_contra, tenant_id: UUID, limit: int) -> int:
+        """Delete up to ``limit`` turns of the tenant, running ones included, waiting for
+        rows another transaction holds; return how many. Unscoped: for erasure only."""
+        ...
+
+    async def count_tenant_turns(self, runner: RunnerT_contra, tenant_id: UUID) -> int:
+        """How many turns the tenant has (what ``erase_tenant_turns`` has left to do)."""
         ...
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "can_transition",
     "check_tool",
     "decide_start",
+    "fingerprint_conflicts",
     "holds_running_slot",
     "insert_refusal",
     "is_live",
@@ -46,6 +47,9 @@ __all__ = [
     "pick_latest",
     "preflight_update_applies",
     "progress_update_applies",
+    "purge_cutoff",
+    "is_purgeable",
+    "repeats_mutation",
     "terminal_cas_applies",
     "tool_increment_applies",
 ]
@@ -155,23 +159,70 @@ class StartDecision(str, Enum):
     START = "start"
     REPLAY = "replay"
     REQUEST_ID_CONFLICT = "request_id_conflict"
+    REQUEST_IN_PROGRESS = "request_in_progress"
+    REQUEST_FINGERPRINT_MISMATCH = "request_fingerprint_mismatch"
     GENERATION_IN_PROGRESS = "generation_in_progress"
 
 
-def decide_start(existing: Turn | None, running: Turn | None) -> StartDecision:
-    """Decide a start from the turn already holding ``(chat_id, request_id)``, if any, and
-    the chat's running turn, if any.
+def fingerprint_conflicts(stored: str | None, given: str | None) -> bool:
+    """Does a resend with fingerprint ``given`` ask for something else than the turn that
+    stored ``stored``? Only when both are known and differ: a request sent without a
+    fingerprint, or a turn stored without one, has nothing to compare."""
+    return stored is not None and given is not None and stored != given
+
+
+def decide_start(
+    existing: Turn | None, running: Turn | None, fingerprint: str | None = None
+) -> StartDecision:
+    """Decide a start from the turn already holding ``(chat_id, request_id)``, if any, the
+    chat's running turn, if any, and the new request's fingerprint, if given.
 
     The order is normative: the idempotency key is looked at first, so a reconnecting
-    client replays its completed answer even while another turn of the chat runs.
+    client replays its completed answer even while another turn of the chat runs. Within
+    the key: another fingerprint is refused before anything else (a different request must
+    never get this key's answer); then a completed, live turn replays; a running, live one
+    is ``request_in_progress`` (the same request, still generating: ask again later); any
+    other holder (failed, cancelled, deleted) is a genuine ``request_id_conflict``.
     """
     if existing is not None:
-        if existing.state is TurnState.COMPLETED and existing.deleted_at is None:
-            return StartDecision.REPLAY
+        if fingerprint_conflicts(existing.request_fingerprint, fingerprint):
+            return StartDecision.REQUEST_FINGERPRINT_MISMATCH
+        if existing.deleted_at is None:
+            if existing.state is TurnState.COMPLETED:
+                return StartDecision.REPLAY
+            if existing.state is TurnState.RUNNING:
+                return StartDecision.REQUEST_IN_PROGRESS
         return StartDecision.REQUEST_ID_CONFLICT
     if running is not None:
         return StartDecision.GENERATION_IN_PROGRESS
     return StartDecision.START
+
+
+def repeats_mutation(target: Turn, new_request_id: UUID | None) -> bool:
+    """Is a retry or edit of ``target`` asking for ``new_request_id`` one that already
+    happened? True when ``target`` was already replaced by the turn of that request id
+    (docs/design.md, *Retry, edit and delete*): the repeat then gets what a start with
+    ``new_request_id`` gets, instead of ``not_latest_turn``."""
+    return (
+        new_request_id is not None
+        and target.deleted_at is not None
+        and target.replaced_by_request_id == new_request_id
+    )
+
+
+def purge_cutoff(now: datetime, older_than_secs: int) -> datetime:
+    """Turns that ended at or before this instant are old enough to purge."""
+    return now - timedelta(seconds=older_than_secs)
+
+
+def is_purgeable(turn: Turn, now: datetime, older_than_secs: int) -> bool:
+    """Retention deletes a turn once it is terminal (deleted or not) and ended at least
+    ``older_than_secs`` before ``now``; a running turn never, even when soft-deleted."""
+    return (
+        turn.state is not TurnState.RUNNING
+        and turn.completed_at is not None
+        and turn.completed_at <= purge_cutoff(now, older_than_secs)
+    )
 
 
 def insert_refusal(

@@ -147,7 +147,7 @@ async def test_completed_request_replays_while_another_turn_runs(
     assert await running_of(turnstore_backend, chat) == other
 
 
-@pytest.mark.parametrize("how", ["running", "failed", "cancelled", "deleted"])
+@pytest.mark.parametrize("how", ["failed", "cancelled", "deleted"])
 async def test_taken_request_id_is_a_conflict(
     turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat, how: str
 ) -> None:
@@ -314,7 +314,7 @@ async def test_sixteen_concurrent_starts_of_one_request_start_exactly_one(
         *(lc.begin_turn(chat.scope, chat.params(request_id)) for _ in range(16))
     )
     assert sum(o.started for o in outcomes) == 1
-    assert all(o.reason is RejectReason.REQUEST_ID_CONFLICT for o in outcomes if not o.started)
+    assert all(o.reason is RejectReason.REQUEST_IN_PROGRESS for o in outcomes if not o.started)
 
 
 # --------------------------------------------------------------------------- keep-alive
@@ -508,6 +508,8 @@ async def test_complete_sets_message_and_reports_the_win_once(
     second = await lc.complete_turn(chat.scope, turn, uuid.uuid4())
     assert not second.won
     row = await reload(turnstore_backend, turn)
+    assert second.state is TurnState.COMPLETED
+    assert second.turn == row
     assert row.state is TurnState.COMPLETED
     assert row.assistant_message_id == message_id
     assert row.provider_response_id == "resp-1"
@@ -659,6 +661,7 @@ async def test_thirty_two_concurrent_finalizers_have_one_winner_and_one_hook_cal
     assert len(winners) == 1
     row = await reload(turnstore_backend, turn)
     assert row.state is winners[0].state
+    assert {o.state for o in outcomes} == {row.state}  # the losers report the winner's state
     assert hook.rows == [row]
 
 
@@ -997,6 +1000,7 @@ async def test_docs_examples_run(turnstore_backend: BackendHarness) -> None:
     assert examples == [
         "example_a_turn",
         "example_finalize_in_your_transaction",
+        "example_history",
         "example_retry",
         "example_watchdog",
     ]

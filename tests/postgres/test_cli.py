@@ -149,7 +149,7 @@ DEMO_STEPS = [
     "a late failure report for turn-1 loses the CAS",
     "is rejected: generation_in_progress (running: turn-2)",
     "replay of turn-1",
-    "request_id_conflict",
+    "request_in_progress",
     "alice stops turn-2: cancelled",
     "alice retries turn-2: turn-3 starts",
     "turn-3 completed with assistant message msg-3",

@@ -40,7 +40,7 @@ async def test_the_usage_example_migrates_and_completes_a_turn(
     await namespace["main"](empty_dsn)  # type: ignore[operator]
 
     printed = capsys.readouterr().out
-    assert re.fullmatch(r"turn [0-9a-f-]{36} completed: True\n", printed)
+    assert re.fullmatch(r"turn [0-9a-f-]{36} is completed; this call won: True\n", printed)
     async with await psycopg.AsyncConnection.connect(empty_dsn) as conn:
         assert (await check_schema(conn)).current
         cur = await conn.execute(
@@ -50,7 +50,7 @@ async def test_the_usage_example_migrates_and_completes_a_turn(
         rows = await cur.fetchall()
     assert len(rows) == 1
     turn_id, state, has_message, has_progress = rows[0]
-    assert f"turn {turn_id} completed" in printed
+    assert f"turn {turn_id} is completed" in printed
     assert (state, has_message, has_progress) == ("completed", True, True)
 
 

@@ -9,11 +9,11 @@ the ids they carry. Timestamps cannot be equal (one clock is PostgreSQL's, the o
 the same place on both backends joins one order-preserving one-to-one map, across all
 values of the example.
 
-The calls cover the 14 repository methods with ids drawn from small pools (3 tenants plus
-one that owns nothing, 4 chats, a few request and turn ids), so duplicates, running-turn
-conflicts, reused turn ids and out-of-scope rows are frequent; tenant and chat are drawn
-independently, so tenants often share a chat id (a chat is the pair: their keys, running
-turns and chat locks must stay apart); scopes of every shape
+The calls cover every repository method (lookups, pages and retention included) with ids
+drawn from small pools (3 tenants plus one that owns nothing, 4 chats, a few request and
+turn ids), so duplicates, running-turn conflicts, reused turn ids and out-of-scope rows are
+frequent; tenant and chat are drawn independently, so tenants often share a chat id (a chat
+is the pair: their keys, running turns and chat locks must stay apart); scopes of every shape
 (allow-all, deny-all, per tenant, per resource, unknown properties, ORs of constraints);
 autocommit calls; transactions that commit or roll back, with reads from outside the
 transaction in between; time moving forward and orphan sweeps; and a few calls with bad
@@ -71,6 +71,7 @@ from strategies import (
 from turnstore import rules
 from turnstore.memory import InMemoryStore
 from turnstore.model import ToolCallType, Turn, TurnState
+from turnstore.paging import TurnPage
 from turnstore.postgres import PostgresStore
 from turnstore.scope import AccessScope
 from turnstore.testing import ManualClock
@@ -195,14 +196,26 @@ class Call:
     method: str
     args: tuple[Any, ...]
     outside: bool = False
+    kwargs: tuple[tuple[str, Any], ...] = ()
 
     def __repr__(self) -> str:
         where = "outside " if self.outside else ""
-        return f"{where}{self.method}{self.args!r}"
+        named = "".join(f", {k}={v!r}" for k, v in self.kwargs)
+        return f"{where}{self.method}{self.args!r}{named}"
 
 
 def _call(method: str, *args: st.SearchStrategy[Any]) -> st.SearchStrategy[Call]:
     return st.builds(Call, st.just(method), st.tuples(*args))
+
+
+@st.composite
+def _list_turns(draw: st.DrawFn) -> Call:
+    args = (draw(_scopes), draw(_tenants), draw(_chats))
+    kwargs = (
+        ("limit", draw(st.integers(1, 3) | st.just(50))),
+        ("include_deleted", draw(st.booleans())),
+    )
+    return Call("list_turns", args, kwargs=kwargs)
 
 
 @st.composite
@@ -234,13 +247,21 @@ _bad_arguments = st.one_of(
     _call("cas_finalize_orphan", _turn_ids, st.just(-60)),
     _call("find_by_chat_and_request_id", _scopes, _chat_tenants, _chats, st.just(str(REQUESTS[0]))),
     _call("increment_tool_calls", _scopes, _turn_ids, st.just("bogus")),
+    _call("purge_turns", st.sampled_from([-1, True]), _limits),
+    _call("erase_tenant_turns", _tenants, st.sampled_from([0, 100_001])),
+    st.builds(
+        Call,
+        st.just("list_turns"),
+        st.tuples(_scopes, _tenants, _chats),
+        kwargs=st.sampled_from([(("limit", 0),), (("before", "t1.bogus"),)]),
+    ),
 )
 
 
 def _without_a_scope(call: Call) -> Call:
     """``call`` with its scope replaced by something that is not an ``AccessScope``."""
     not_a_scope: Any = "allow_all"
-    return Call(call.method, (not_a_scope, *call.args[1:]), call.outside)
+    return Call(call.method, (not_a_scope, *call.args[1:]), call.outside, call.kwargs)
 
 
 #: Reads that never lock, so they can run beside an open transaction without waiting.
@@ -249,6 +270,10 @@ _reads = _weighted(
     (1, _call("find_running_by_chat_id", _scopes, _chat_tenants, _chats)),
     (1, _call("find_latest_turn", _scopes, _chat_tenants, _chats)),
     (1, _call("find_orphan_candidates", _timeouts, _limits)),
+    (1, _call("get_turn", _scopes, _turn_ids)),
+    (1, _list_turns()),
+    (1, _call("count_purgeable", _timeouts)),
+    (1, _call("count_tenant_turns", _tenants)),
 )
 
 _calls = _weighted(
@@ -270,9 +295,17 @@ _bad_scopes = _calls.filter(lambda c: bool(c.args) and isinstance(c.args[0], Acc
     _without_a_scope
 )
 
-_autocommit_calls = _weighted((10, _calls), (1, _bad_scopes))
+#: Retention deletes, in autocommit as ``turnstore.retention`` runs them (the fake cannot
+#: insert a row over one its own open transaction deleted; see ``turnstore.memory``).
+_deletes = _weighted(
+    (1, _call("purge_turns", _timeouts, _limits)),
+    (1, _call("erase_tenant_turns", _tenants, _limits)),
+)
+_autocommit_calls = _weighted((10, _calls), (1, _bad_scopes), (1, _deletes))
 _transaction_calls = _weighted(
-    (8, _calls), (2, _reads.map(lambda c: Call(c.method, c.args, True))), (1, _bad_scopes)
+    (8, _calls),
+    (2, _reads.map(lambda c: Call(c.method, c.args, True, c.kwargs))),
+    (1, _bad_scopes),
 )
 
 
@@ -394,7 +427,15 @@ class DifferentialMachine(RuleBasedStateMachine):
             self.order.pair(f, p + self.pg_shift, f"{where}: {name} of {fake.id}")
 
     def _compare_values(self, fake: Any, pg: Any, where: str) -> None:
-        if isinstance(fake, list) and isinstance(pg, list):
+        if isinstance(fake, TurnPage) and isinstance(pg, TurnPage):
+            # A cursor holds a timestamp (each backend's own clock): compare whether one
+            # is there, and the turns.
+            message = (
+                f"{where}: next page: fake {fake.next_cursor!r}, PostgreSQL {pg.next_cursor!r}"
+            )
+            assert (fake.next_cursor is None) == (pg.next_cursor is None), message
+            self._compare_values(fake.turns, pg.turns, where)
+        elif isinstance(fake, list) and isinstance(pg, list):
             assert [t.id for t in fake] == [t.id for t in pg], (
                 f"{where}: lists differ: fake {[t.id for t in fake]} vs "
                 f"PostgreSQL {[t.id for t in pg]}"
@@ -428,7 +469,9 @@ class DifferentialMachine(RuleBasedStateMachine):
     def _remember(self, call: Call, outcome: Outcome) -> None:
         """Note the turns and chats ``call`` named or returned, for the next draws."""
         values: list[Any] = [*call.args]
-        if isinstance(outcome.value, list):
+        if isinstance(outcome.value, TurnPage):
+            values += outcome.value.turns
+        elif isinstance(outcome.value, list):
             values += outcome.value
         elif outcome.value is not None:
             values.append(outcome.value)
@@ -472,7 +515,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     async def _invoke(store: Any, runner: Any, call: Call) -> Outcome:
         method: Callable[..., Awaitable[Any]] = getattr(store.turns, call.method)
         try:
-            return Outcome(value=await method(runner, *call.args))
+            return Outcome(value=await method(runner, *call.args, **dict(call.kwargs)))
         except Exception as exc:
             return Outcome(error=exc)
 

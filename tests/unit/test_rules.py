@@ -43,6 +43,7 @@ from turnstore.rules import (
     insert_refusal,
     is_live,
     is_orphan,
+    is_purgeable,
     latest_sort_key,
     mutation_rejection,
     orphan_cutoff,
@@ -50,6 +51,8 @@ from turnstore.rules import (
     pick_latest,
     preflight_update_applies,
     progress_update_applies,
+    purge_cutoff,
+    repeats_mutation,
     terminal_cas_applies,
     tool_increment_applies,
 )
@@ -301,19 +304,38 @@ def _example_turn(
 # --- starting a turn (docs/design.md) ------------------------------------------------------------
 
 
-def _expected_start(existing: Turn | None, running: Turn | None) -> StartDecision:
+def _expected_start(
+    existing: Turn | None, running: Turn | None, fingerprint: str | None = None
+) -> StartDecision:
     if existing is not None:
+        stored = existing.request_fingerprint
+        if stored is not None and fingerprint is not None and stored != fingerprint:
+            return StartDecision.REQUEST_FINGERPRINT_MISMATCH
         if existing.state is COMPLETED and existing.deleted_at is None:
             return StartDecision.REPLAY
+        if existing.state is RUNNING and existing.deleted_at is None:
+            return StartDecision.REQUEST_IN_PROGRESS
         return StartDecision.REQUEST_ID_CONFLICT
     if running is not None:
         return StartDecision.GENERATION_IN_PROGRESS
     return StartDecision.START
 
 
-@given(existing=st.none() | rows(), running=st.none() | running_turns)
-def test_decide_start_follows_the_spec_order(existing: Turn | None, running: Turn | None) -> None:
-    assert decide_start(existing, running) is _expected_start(existing, running)
+_FINGERPRINTS = st.none() | st.sampled_from(["a" * 64, "b" * 64])
+
+
+@given(
+    existing=st.none() | rows(),
+    running=st.none() | running_turns,
+    stored=_FINGERPRINTS,
+    given_fp=_FINGERPRINTS,
+)
+def test_decide_start_follows_the_spec_order(
+    existing: Turn | None, running: Turn | None, stored: str | None, given_fp: str | None
+) -> None:
+    if existing is not None:
+        existing = existing.model_copy(update={"request_fingerprint": stored})
+    assert decide_start(existing, running, given_fp) is _expected_start(existing, running, given_fp)
 
 
 OTHER_RUNNING = _example_turn(UUID(int=99))
@@ -326,11 +348,35 @@ def test_completed_answer_replays_even_while_another_turn_runs(running: Turn | N
 
 
 @pytest.mark.parametrize("running", [None, OTHER_RUNNING], ids=["idle", "busy"])
+def test_a_resend_of_a_running_request_is_in_progress_not_a_conflict(
+    running: Turn | None,
+) -> None:
+    existing = _example_turn(UUID(int=1), state=RUNNING)
+    assert decide_start(existing, running) is StartDecision.REQUEST_IN_PROGRESS
+
+
+@pytest.mark.parametrize("state", list(TurnState))
+@pytest.mark.parametrize("deleted", [False, True])
+def test_another_fingerprint_is_refused_before_replay_or_progress(
+    state: TurnState, deleted: bool
+) -> None:
+    existing = _example_turn(UUID(int=1), state=state, deleted=deleted).model_copy(
+        update={"request_fingerprint": "a" * 64}
+    )
+    mismatch = StartDecision.REQUEST_FINGERPRINT_MISMATCH
+    assert decide_start(existing, None, "b" * 64) is mismatch
+    assert decide_start(existing, None, "a" * 64) is not mismatch
+    # Nothing to compare: a request without a fingerprint, or a turn stored without one.
+    assert decide_start(existing, None, None) is not mismatch
+    unprinted = existing.model_copy(update={"request_fingerprint": None})
+    assert decide_start(unprinted, None, "b" * 64) is not mismatch
+
+
+@pytest.mark.parametrize("running", [None, OTHER_RUNNING], ids=["idle", "busy"])
 @pytest.mark.parametrize(
     ("state", "deleted"),
     [
         (COMPLETED, True),
-        (RUNNING, False),
         (RUNNING, True),
         (TurnState.FAILED, False),
         (TurnState.CANCELLED, False),
@@ -586,3 +632,43 @@ def test_retry_bounds_allow_at_least_one_retry() -> None:
     assert isinstance(MAX_INSERT_ATTEMPTS, int)
     assert MAX_RELOCKS > 1
     assert MAX_INSERT_ATTEMPTS > 1
+
+
+# --- repeated retry, retention (docs/design.md, docs/retention.md) --------------------------
+
+
+def test_a_mutation_repeats_only_with_the_request_id_that_replaced_the_target() -> None:
+    new_request = UUID(int=5000)
+    replaced = _example_turn(UUID(int=1), state=COMPLETED, deleted=True).model_copy(
+        update={"replaced_by_request_id": new_request}
+    )
+    assert repeats_mutation(replaced, new_request)
+    assert not repeats_mutation(replaced, UUID(int=5001))
+    assert not repeats_mutation(replaced, None)
+    live = replaced.model_copy(update={"deleted_at": None})
+    assert not repeats_mutation(live, new_request)
+    deleted_alone = replaced.model_copy(update={"replaced_by_request_id": None})
+    assert not repeats_mutation(deleted_alone, new_request)
+
+
+@pytest.mark.parametrize("state", list(TurnState))
+@pytest.mark.parametrize("deleted", [False, True])
+def test_purgeable_means_terminal_and_ended_before_the_cutoff(
+    state: TurnState, deleted: bool
+) -> None:
+    turn = _example_turn(UUID(int=1), state=state, deleted=deleted)
+    if not state.is_terminal:
+        assert not is_purgeable(turn, _T0 + timedelta(days=999), 0)
+        return
+    assert turn.completed_at is not None
+    assert is_purgeable(turn, turn.completed_at, 0)
+    assert is_purgeable(turn, turn.completed_at + timedelta(seconds=60), 60)
+    assert not is_purgeable(turn, turn.completed_at + timedelta(seconds=59), 60)
+    assert purge_cutoff(_T0, 60) == _T0 - timedelta(seconds=60)
+
+
+def test_a_running_turn_is_never_purgeable_whatever_its_timestamps() -> None:
+    """The schema keeps completed_at empty while a turn runs; the rule does not rely on it
+    (and the SQL needs ``state <> 'running'`` to use the retention index)."""
+    odd = _example_turn(UUID(int=1), state=RUNNING).model_copy(update={"completed_at": _T0})
+    assert not is_purgeable(odd, _T0 + timedelta(days=999), 0)

@@ -57,6 +57,8 @@ PUBLIC_NAMES = {
     "PostgresStore",
     "PostgresTurnRepository",
     "RejectReason",
+    "RequestFingerprintMismatchError",
+    "RequestInProgressError",
     "RequesterType",
     "SchemaMismatchError",
     "SchemaStatus",
@@ -71,6 +73,7 @@ PUBLIC_NAMES = {
     "Turn",
     "TurnLifecycle",
     "TurnNotFoundError",
+    "TurnPage",
     "TurnRepository",
     "TurnState",
     "TurnStore",
@@ -83,6 +86,7 @@ PUBLIC_NAMES = {
     "new_uuid7",
     "schema_sql",
     "__version__",
+    "request_fingerprint",
 }
 
 
@@ -109,7 +113,7 @@ def test_repository_and_store_are_protocols_generic_in_the_runner() -> None:
     # A repository only consumes runners, so it is contravariant in them.
     (base,) = get_original_bases(TurnRepository)
     assert get_args(base)[0].__contravariant__
-    assert len(get_protocol_members(TurnRepository)) == 14
+    assert len(get_protocol_members(TurnRepository)) == 20
 
 
 def test_backends_take_the_protocol_parameters_by_the_same_names() -> None:

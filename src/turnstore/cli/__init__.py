@@ -6,6 +6,8 @@
 - ``turnstore demo``: play a short scripted scenario on a throwaway database and print the
   rows it leaves.
 - ``turnstore sweep --once``: run one orphan-watchdog scan.
+- ``turnstore purge --older-than 30d``: delete finished turns older than an age, in batches.
+- ``turnstore erase-tenant TENANT_ID``: delete every turn of a tenant (erasure).
 
 Expected failures print one line on stderr and no traceback: exit code 2 for bad usage, 1
 for a store error (database unreachable, schema not current, migration refused, ...).
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from turnstore.cli import demo, migrate, sql, sweep
+from turnstore.cli import demo, migrate, retention, sql, sweep
 from turnstore.cli._common import (
     ENV_DSN,
     EXIT_INTERRUPTED,
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in (migrate, sql, demo, sweep):
         command.add_parser(commands)
+    retention.add_parsers(commands)
     return parser
 
 

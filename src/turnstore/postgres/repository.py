@@ -36,7 +36,9 @@ from turnstore.model import (
     check_uuid,
     trusted_turn,
     validate_orphan_args,
+    validate_retention_args,
 )
+from turnstore.paging import DEFAULT_PAGE_LIMIT, TurnPage, check_page_limit, decode_cursor, page_of
 from turnstore.postgres import statements as q
 from turnstore.postgres.errors import driver_errors, raise_translated
 from turnstore.postgres.scope import SCOPE_CACHE_SIZE, CompiledScope, ScopedStatement
@@ -85,17 +87,24 @@ class PostgresTurnRepository:
         "_cas_completed",
         "_cas_state",
         "_classify",
+        "_count_purgeable",
+        "_count_tenant",
+        "_erase_tenant",
         "_finalize_orphan",
         "_find_by_request",
         "_find_latest",
         "_find_orphans",
         "_find_running",
+        "_get_turn",
         "_increment",
         "_insert",
         "_latest_for_update",
         "_latest_id",
+        "_list_all",
+        "_list_live",
         "_lock_chat",
         "_lock_visible_chat",
+        "_purge",
         "_scopes",
         "_set_assistant_message",
         "_soft_delete",
@@ -127,6 +136,13 @@ class PostgresTurnRepository:
             tool: render_scoped(q.INCREMENT_TOOL, schema, counter=tool.column)
             for tool in ToolCallType
         }
+        self._get_turn = render_scoped(q.GET_TURN, schema)
+        self._list_live = render_scoped(q.LIST_TURNS, schema)
+        self._list_all = render_scoped(q.LIST_TURNS_ALL, schema)
+        self._purge = render(q.PURGE_TURNS, schema)
+        self._count_purgeable = render(q.COUNT_PURGEABLE, schema)
+        self._erase_tenant = render(q.ERASE_TENANT, schema)
+        self._count_tenant = render(q.COUNT_TENANT, schema)
         self._scopes: dict[int, CompiledScope] = {}
 
     def __repr__(self) -> str:
@@ -209,6 +225,7 @@ class PostgresTurnRepository:
             params.effective_model,
             params.minimal_generation_floor_applied,
             params.web_search_enabled,
+            params.request_fingerprint,
         )
         with driver_errors:
             for _ in range(rules.MAX_INSERT_ATTEMPTS):
@@ -412,3 +429,66 @@ class PostgresTurnRepository:
         check_uuid("turn_id", turn_id)
         statement = self._increment[rules.check_tool(tool)]
         await self._count(runner, statement, scope, (turn_id,))
+
+    # ---- lookups
+
+    async def get_turn(self, runner: Connection, scope: AccessScope, turn_id: UUID) -> Turn | None:
+        check_uuid("turn_id", turn_id)
+        return await self._one(runner, self._get_turn, scope, (turn_id,))
+
+    async def list_turns(
+        self,
+        runner: Connection,
+        scope: AccessScope,
+        tenant_id: UUID,
+        chat_id: UUID,
+        *,
+        limit: int = DEFAULT_PAGE_LIMIT,
+        before: str | None = None,
+        include_deleted: bool = False,
+    ) -> TurnPage:
+        check_uuid("tenant_id", tenant_id)
+        check_uuid("chat_id", chat_id)
+        check_page_limit(limit)
+        check_instance("include_deleted", include_deleted, bool)
+        started_at, turn_id = decode_cursor(before)
+        compiled = self._compiled(scope)
+        statement = self._list_all if include_deleted else self._list_live
+        query = compiled.statement(statement)
+        params = (chat_id, tenant_id, started_at, turn_id, *compiled.params, limit + 1)
+        with driver_errors:
+            cur = runner.cursor(row_factory=_turn_rows)
+            await cur.execute(query, params)
+            rows = await cur.fetchall()
+        return page_of(rows, limit)
+
+    # ---- retention (unscoped: for the system's retention jobs only)
+
+    async def purge_turns(self, runner: Connection, older_than_secs: int, limit: int) -> int:
+        validate_retention_args(older_than_secs, limit)
+        with driver_errors:
+            cur = await runner.execute(self._purge, (older_than_secs, limit))
+        return cur.rowcount
+
+    async def count_purgeable(self, runner: Connection, older_than_secs: int) -> int:
+        validate_retention_args(older_than_secs)
+        return await self._scalar(runner, self._count_purgeable, (older_than_secs,))
+
+    async def erase_tenant_turns(self, runner: Connection, tenant_id: UUID, limit: int) -> int:
+        check_uuid("tenant_id", tenant_id)
+        validate_retention_args(None, limit)
+        with driver_errors:
+            cur = await runner.execute(self._erase_tenant, (tenant_id, limit))
+        return cur.rowcount
+
+    async def count_tenant_turns(self, runner: Connection, tenant_id: UUID) -> int:
+        check_uuid("tenant_id", tenant_id)
+        return await self._scalar(runner, self._count_tenant, (tenant_id,))
+
+    @staticmethod
+    async def _scalar(runner: Connection, query: str, params: tuple[Any, ...]) -> int:
+        with driver_errors:
+            cur = await runner.execute(query, params)
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])

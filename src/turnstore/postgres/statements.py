@@ -37,23 +37,30 @@ __all__ = [
     "CAS_STATE",
     "CHAT_LOCK_CLASS",
     "CLASSIFY_CONFLICT",
+    "COUNT_PURGEABLE",
+    "COUNT_TENANT",
     "CREATE_SCHEMA",
     "CREATE_VERSION_TABLE",
     "DEFAULT_SCHEMA",
+    "ERASE_TENANT",
     "FINALIZE_ORPHAN",
     "FIND_BY_REQUEST",
     "FIND_LATEST",
     "FIND_ORPHANS",
     "FIND_RUNNING",
+    "GET_TURN",
     "INCREMENT_TOOL",
     "INSERT_TURN",
     "LATEST_FOR_UPDATE",
     "LATEST_ID",
+    "LIST_TURNS",
+    "LIST_TURNS_ALL",
     "LOCK_CHAT",
     "LOCK_VISIBLE_CHAT",
     "MIGRATION_LOCK",
     "MIGRATION_LOCK_CLASS",
     "MIGRATION_UNLOCK",
+    "PURGE_TURNS",
     "READ_VERSIONS",
     "RECORD_VERSION",
     "SCHEMA_EXISTS",
@@ -112,6 +119,7 @@ TURN_COLUMNS: tuple[str, ...] = (
     "last_progress_at",
     "completed_at",
     "updated_at",
+    "request_fingerprint",
 )
 
 # --------------------------------------------------------------------------- turns
@@ -122,12 +130,12 @@ INSERT INTO {turns} (
     id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
     provider_name, reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
     policy_version_applied, effective_model, minimal_generation_floor_applied,
-    web_search_enabled, started_at, last_progress_at, updated_at)
+    web_search_enabled, request_fingerprint, started_at, last_progress_at, updated_at)
 VALUES (
     %s, %s, %s, %s, %s, %s, 'running',
     %s, %s, %s, %s,
     %s, %s, %s,
-    %s, (SELECT ts FROM clock), (SELECT ts FROM clock), (SELECT ts FROM clock))
+    %s, %s, (SELECT ts FROM clock), (SELECT ts FROM clock), (SELECT ts FROM clock))
 ON CONFLICT DO NOTHING
 RETURNING
     id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
@@ -136,7 +144,7 @@ RETURNING
     policy_version_applied, effective_model, minimal_generation_floor_applied,
     web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
     file_search_completed_count, deleted_at, replaced_by_request_id,
-    started_at, last_progress_at, completed_at, updated_at
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
 """
 
 # Why an insert was refused, in the order the errors are reported: the id taken, the
@@ -163,7 +171,7 @@ SELECT
     policy_version_applied, effective_model, minimal_generation_floor_applied,
     web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
     file_search_completed_count, deleted_at, replaced_by_request_id,
-    started_at, last_progress_at, completed_at, updated_at
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
 FROM {turns}
 WHERE tenant_id = %s AND chat_id = %s AND request_id = %s AND ({scope})
 """
@@ -176,7 +184,7 @@ SELECT
     policy_version_applied, effective_model, minimal_generation_floor_applied,
     web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
     file_search_completed_count, deleted_at, replaced_by_request_id,
-    started_at, last_progress_at, completed_at, updated_at
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
 FROM {turns}
 WHERE tenant_id = %s AND chat_id = %s AND state = 'running' AND deleted_at IS NULL
   AND ({scope})
@@ -236,7 +244,7 @@ SELECT
     policy_version_applied, effective_model, minimal_generation_floor_applied,
     web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
     file_search_completed_count, deleted_at, replaced_by_request_id,
-    started_at, last_progress_at, completed_at, updated_at
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
 FROM {turns}
 WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope})
 ORDER BY started_at DESC, id DESC
@@ -259,7 +267,7 @@ SELECT
     policy_version_applied, effective_model, minimal_generation_floor_applied,
     web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
     file_search_completed_count, deleted_at, replaced_by_request_id,
-    started_at, last_progress_at, completed_at, updated_at
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
 FROM {turns}, clock
 WHERE state = 'running' AND deleted_at IS NULL
   AND last_progress_at <= clock.ts - make_interval(secs => %s)
@@ -300,7 +308,7 @@ SELECT
     policy_version_applied, effective_model, minimal_generation_floor_applied,
     web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
     file_search_completed_count, deleted_at, replaced_by_request_id,
-    started_at, last_progress_at, completed_at, updated_at
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
 FROM {turns}
 WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope})
 ORDER BY started_at DESC, id DESC
@@ -337,6 +345,95 @@ FROM clock
 WHERE id = %s AND state = 'running' AND deleted_at IS NULL AND ({scope})
 """
 
+GET_TURN = """
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
+FROM {turns}
+WHERE id = %s AND ({scope})
+"""
+
+# A page of a chat's live turns, newest first, strictly before the cursor's (started_at,
+# id): an index range scan of chat_turns_chat_latest, stopping after LIMIT rows. The limit
+# follows the scope in the text, so its parameter comes after the scope's.
+LIST_TURNS = """
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
+FROM {turns}
+WHERE chat_id = %s AND tenant_id = %s AND deleted_at IS NULL
+  AND (started_at, id) < (%s, %s) AND ({scope})
+ORDER BY started_at DESC, id DESC
+LIMIT %s
+"""
+
+# The same, deleted turns included: the chat's rows through the unique (chat_id,
+# request_id) index, then sorted (one chat's rows, however many turns the table holds).
+LIST_TURNS_ALL = """
+SELECT
+    id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
+    provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
+    reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
+    policy_version_applied, effective_model, minimal_generation_floor_applied,
+    web_search_enabled, web_search_completed_count, code_interpreter_completed_count,
+    file_search_completed_count, deleted_at, replaced_by_request_id,
+    started_at, last_progress_at, completed_at, updated_at, request_fingerprint
+FROM {turns}
+WHERE chat_id = %s AND tenant_id = %s
+  AND (started_at, id) < (%s, %s) AND ({scope})
+ORDER BY started_at DESC, id DESC
+LIMIT %s
+"""
+
+# Retention: one batch of terminal turns that ended before the cutoff, oldest first, through
+# chat_turns_terminal_completed. SKIP LOCKED passes over rows another transaction holds
+# (a turn being written). The cutoff is a scalar subquery over the one clock reading, so
+# it is computed once and bounds the index scan. "id = ANY (ARRAY(...))" deletes the batch
+# through the primary key; "id IN (...)" lets the planner hash-join the whole table.
+PURGE_TURNS = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+DELETE FROM {turns}
+WHERE id = ANY (ARRAY(
+    SELECT id FROM {turns}
+    WHERE state <> 'running'
+      AND completed_at <= (SELECT ts FROM clock) - make_interval(secs => %s)
+    ORDER BY completed_at, id
+    LIMIT %s
+    FOR UPDATE SKIP LOCKED))
+"""
+
+COUNT_PURGEABLE = """
+WITH clock AS (SELECT clock_timestamp() AS ts)
+SELECT count(*) FROM {turns}
+WHERE state <> 'running'
+  AND completed_at <= (SELECT ts FROM clock) - make_interval(secs => %s)
+"""
+
+# Erasure: one batch of a tenant's turns, running ones included. It waits for rows another
+# transaction holds (no SKIP LOCKED): an erasure must not leave rows behind.
+ERASE_TENANT = """
+DELETE FROM {turns}
+WHERE id = ANY (ARRAY(
+    SELECT id FROM {turns}
+    WHERE tenant_id = %s
+    LIMIT %s
+    FOR UPDATE))
+"""
+
+COUNT_TENANT = """
+SELECT count(*) FROM {turns} WHERE tenant_id = %s
+"""
+
 #: The names of the statements whose rows are turns (``TURN_COLUMNS``, in order).
 TURN_ROW_STATEMENTS: tuple[str, ...] = (
     "INSERT_TURN",
@@ -345,6 +442,9 @@ TURN_ROW_STATEMENTS: tuple[str, ...] = (
     "FIND_LATEST",
     "FIND_ORPHANS",
     "LATEST_FOR_UPDATE",
+    "GET_TURN",
+    "LIST_TURNS",
+    "LIST_TURNS_ALL",
 )
 
 # --------------------------------------------------------------------------- migrations

@@ -44,7 +44,7 @@ from turnstore.model import (
     TurnState,
     check_turn,
 )
-from turnstore.rules import StartDecision, decide_start, mutation_rejection
+from turnstore.rules import StartDecision, decide_start, mutation_rejection, repeats_mutation
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.sync.keepalive import KeepAlive
@@ -66,13 +66,18 @@ __all__ = [
     "TurnLifecycle",
     "new_uuid7",
 ]
+_KEY_REASONS = {
+    StartDecision.REQUEST_ID_CONFLICT: RejectReason.REQUEST_ID_CONFLICT,
+    StartDecision.REQUEST_IN_PROGRESS: RejectReason.REQUEST_IN_PROGRESS,
+    StartDecision.REQUEST_FINGERPRINT_MISMATCH: RejectReason.REQUEST_FINGERPRINT_MISMATCH,
+}
 
 
 def _outcome_of(decision: StartDecision, existing: Turn) -> StartOutcome:
     """The outcome for a request whose idempotency key is already taken by ``existing``."""
     if decision is StartDecision.REPLAY:
         return StartOutcome(StartKind.REPLAY, turn=existing)
-    return StartOutcome(StartKind.REJECTED, turn=existing, reason=RejectReason.REQUEST_ID_CONFLICT)
+    return StartOutcome(StartKind.REJECTED, turn=existing, reason=_KEY_REASONS[decision])
 
 
 def _generation_in_progress(running: Turn | None, running_turn_id: UUID | None) -> StartOutcome:
@@ -191,7 +196,8 @@ class TurnLifecycle(Generic[RunnerT]):
                         run, scope, params.tenant_id, params.chat_id, params.request_id
                     )
                     if existing is not None:
-                        return _outcome_of(decide_start(existing, None), existing)
+                        decision = decide_start(existing, None, params.request_fingerprint)
+                        return _outcome_of(decision, existing)
                     if isinstance(exc, DuplicateTurnIdError):
                         raise
                     if isinstance(exc, DuplicateRequestError):
@@ -330,8 +336,10 @@ class TurnLifecycle(Generic[RunnerT]):
         with self._on(runner, atomic=hook is not None) as run:
             won = cas(run) == 1
             if not won:
-                self._require_visible(run, scope, turn)
-                return FinalizeOutcome(turn.id, state, False)
+                found = self.turns.get_turn(run, scope, turn.id)
+                if found is None:
+                    raise TurnNotFoundError(turn.id)
+                return FinalizeOutcome(turn.id, found.state, False, found)
             if hook is None:
                 return FinalizeOutcome(turn.id, state, True)
             final = self.turns.find_by_chat_and_request_id(
@@ -340,14 +348,6 @@ class TurnLifecycle(Generic[RunnerT]):
             assert final is not None, "the finalized turn is in scope: the CAS just saw it"
             hook(run, final)
             return FinalizeOutcome(turn.id, state, True, final)
-
-    def _require_visible(self, run: RunnerT, scope: AccessScope, turn: Turn) -> None:
-        """``TurnNotFoundError`` unless ``turn`` exists and ``scope`` permits it."""
-        found = self.turns.find_by_chat_and_request_id(
-            run, scope, turn.tenant_id, turn.chat_id, turn.request_id
-        )
-        if found is None or found.id != turn.id:
-            raise TurnNotFoundError(turn.id)
 
     def retry_turn(
         self,
@@ -358,10 +358,16 @@ class TurnLifecycle(Generic[RunnerT]):
         actor_user_id: UUID | None,
         *,
         new_turn_id: UUID | None = None,
+        new_request_id: UUID | None = None,
         hook: MutationHook[RunnerT] | None = None,
         runner: RunnerT | None = None,
     ) -> MutationResult:
-        """Replace the chat's last turn by a new running turn with a new request id."""
+        """Replace the chat's last turn by a new running turn with a new request id.
+
+        ``new_request_id`` (recommended: made by the client, kept across resends) makes the
+        retry idempotent: sending it again after the first one replaced the turn returns
+        ``MutationResult.repeated`` (what a start with that request id gets) instead of
+        ``not_latest_turn``. Without it the server generates one, and a resend is refused."""
         return self._mutate(
             MutationKind.RETRY,
             scope,
@@ -371,6 +377,7 @@ class TurnLifecycle(Generic[RunnerT]):
             new_turn_id,
             hook,
             runner,
+            new_request_id,
         )
 
     def edit_turn(
@@ -382,11 +389,12 @@ class TurnLifecycle(Generic[RunnerT]):
         actor_user_id: UUID | None,
         *,
         new_turn_id: UUID | None = None,
+        new_request_id: UUID | None = None,
         hook: MutationHook[RunnerT] | None = None,
         runner: RunnerT | None = None,
     ) -> MutationResult:
-        """Like ``retry_turn``; the host writes the edited user message in the same
-        transaction (through ``hook`` or its own ``runner``)."""
+        """Like ``retry_turn`` (``new_request_id`` included); the host writes the edited user
+        message in the same transaction (through ``hook`` or its own ``runner``)."""
         return self._mutate(
             MutationKind.EDIT,
             scope,
@@ -396,6 +404,7 @@ class TurnLifecycle(Generic[RunnerT]):
             new_turn_id,
             hook,
             runner,
+            new_request_id,
         )
 
     def delete_turn(
@@ -431,6 +440,7 @@ class TurnLifecycle(Generic[RunnerT]):
         new_turn_id: UUID | None,
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
+        new_request_id: UUID | None = None,
     ) -> MutationResult:
         tenant_id, chat_id = chat
         check_scope(scope)
@@ -439,11 +449,20 @@ class TurnLifecycle(Generic[RunnerT]):
         check_uuid("request_id", request_id)
         check_optional_uuid("actor_user_id", actor_user_id)
         check_optional_uuid("new_turn_id", new_turn_id)
+        check_optional_uuid("new_request_id", new_request_id)
         _check_hook(hook)
         with self._telemetry.span(f"turnstore.{kind.value}_turn", {"turnstore.chat_id": chat_id}):
             try:
                 result = self._mutate_in(
-                    kind, scope, chat, request_id, actor_user_id, new_turn_id, hook, runner
+                    kind,
+                    scope,
+                    chat,
+                    request_id,
+                    actor_user_id,
+                    new_turn_id,
+                    hook,
+                    runner,
+                    new_request_id,
                 )
             except TurnStoreError as exc:
                 self._telemetry.turn_mutated(kind.value, exc.code)
@@ -461,6 +480,7 @@ class TurnLifecycle(Generic[RunnerT]):
         new_turn_id: UUID | None,
         hook: MutationHook[RunnerT] | None,
         runner: RunnerT | None,
+        new_request_id: UUID | None,
     ) -> MutationResult:
         tenant_id, chat_id = chat
         with self._on(runner, atomic=True) as run:
@@ -487,6 +507,13 @@ class TurnLifecycle(Generic[RunnerT]):
                 not (latest is not None and scope.permits(latest))
             ):
                 rejection = NotLatestTurnError(rejection.turn_id, None)
+            if (
+                isinstance(rejection, NotLatestTurnError)
+                and target is not None
+                and repeats_mutation(target, new_request_id)
+            ):
+                assert new_request_id is not None
+                return self._repeated(run, scope, kind, target, new_request_id)
             if rejection is not None:
                 raise rejection
             assert target is not None
@@ -494,7 +521,8 @@ class TurnLifecycle(Generic[RunnerT]):
                 self.turns.soft_delete(run, scope, target.id, None)
                 result = MutationResult(kind, target)
             else:
-                new_request_id = new_uuid7()
+                if new_request_id is None:
+                    new_request_id = new_uuid7()
                 new_turn = self.turns.create_turn(
                     run,
                     scope,
@@ -514,3 +542,21 @@ class TurnLifecycle(Generic[RunnerT]):
             if hook is not None:
                 hook(run, result)
             return result
+
+    def _repeated(
+        self,
+        run: RunnerT,
+        scope: AccessScope,
+        kind: MutationKind,
+        target: Turn,
+        new_request_id: UUID,
+    ) -> MutationResult:
+        """A retry or edit already done: the outcome of a start with its request id."""
+        new_turn = self.turns.find_by_chat_and_request_id(
+            run, scope, target.tenant_id, target.chat_id, new_request_id
+        )
+        if new_turn is None:
+            repeated = StartOutcome(StartKind.REJECTED, reason=RejectReason.REQUEST_ID_CONFLICT)
+        else:
+            repeated = _outcome_of(decide_start(new_turn, None), new_turn)
+        return MutationResult(kind, target, new_turn, new_request_id, repeated)

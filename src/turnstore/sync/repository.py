@@ -22,6 +22,7 @@ from turnstore.model import (
     Turn,
     UpdatePreflightParams,
 )
+from turnstore.paging import TurnPage
 from turnstore.repository import RunnerT, RunnerT_contra
 from turnstore.scope import AccessScope
 from turnstore.sync.election import LeaderElection
@@ -30,7 +31,7 @@ __all__ = ["RunnerT", "TurnRepository", "TurnStore"]
 
 
 class TurnRepository(Protocol[RunnerT_contra]):
-    """Persistence of turns: the 14 methods of docs/design.md, *Repository methods*.
+    """Persistence of turns: the methods of docs/design.md, *Repository methods*.
 
     Every scoped method sees only rows that ``scope`` permits; an out-of-scope row is
     indistinguishable from a missing one. Methods returning ``int`` report rows affected
@@ -146,6 +147,47 @@ class TurnRepository(Protocol[RunnerT_contra]):
         self, runner: RunnerT_contra, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
         """Add one to the tool's counter while the turn runs and is not deleted."""
+        ...
+
+    def get_turn(self, runner: RunnerT_contra, scope: AccessScope, turn_id: UUID) -> Turn | None:
+        """The turn with this id, deleted or not, if ``scope`` permits it."""
+        ...
+
+    def list_turns(
+        self,
+        runner: RunnerT_contra,
+        scope: AccessScope,
+        tenant_id: UUID,
+        chat_id: UUID,
+        *,
+        limit: int = 50,
+        before: str | None = None,
+        include_deleted: bool = False,
+    ) -> TurnPage:
+        """A page of the chat's turns that ``scope`` permits, newest first by
+        ``(started_at, id)``: at most ``limit`` (1..500) turns strictly older than the
+        cursor ``before`` (a ``TurnPage.next_cursor``; ``None`` for the first page).
+        Soft-deleted turns only with ``include_deleted``. ``InvalidParameterError`` for a
+        bad limit or a cursor this library did not make."""
+        ...
+
+    def purge_turns(self, runner: RunnerT_contra, older_than_secs: int, limit: int) -> int:
+        """Delete up to ``limit`` terminal turns (deleted or not) that ended at least
+        ``older_than_secs`` ago, oldest first, skipping rows another transaction holds;
+        return how many. Never a running turn. Unscoped: for retention jobs only."""
+        ...
+
+    def count_purgeable(self, runner: RunnerT_contra, older_than_secs: int) -> int:
+        """How many turns ``purge_turns`` would delete with no limit (a dry run)."""
+        ...
+
+    def erase_tenant_turns(self, runner: RunnerT_contra, tenant_id: UUID, limit: int) -> int:
+        """Delete up to ``limit`` turns of the tenant, running ones included, waiting for
+        rows another transaction holds; return how many. Unscoped: for erasure only."""
+        ...
+
+    def count_tenant_turns(self, runner: RunnerT_contra, tenant_id: UUID) -> int:
+        """How many turns the tenant has (what ``erase_tenant_turns`` has left to do)."""
         ...
 
 

@@ -18,6 +18,10 @@ copy of the rules: every decision calls the pure functions of ``turnstore.rules`
 - outside a transaction each call is a statement of its own; one that finds its rows free
   never waits, so it commits directly, without the bookkeeping a wait would need.
 
+One difference is known: a transaction that deleted a turn (``purge_turns``,
+``erase_tenant_turns``) cannot insert a turn with that id or request id before it ends
+(``NotImplementedError``); PostgreSQL can. ``turnstore.sync.retention`` deletes in autocommit.
+
 Rows are indexed by id, by ``(tenant_id, chat_id, request_id)``, by the running turn of each
 chat, by ``(started_at, id)`` per chat and by ``(last_progress_at, id)`` over running turns, so no
 lookup walks all rows. Stored rows are never handed out: callers get copies.

@@ -77,6 +77,14 @@ class Row:
     writer: Transaction | None = None
     pending: Turn | None = None
     holder: Transaction | None = None
+    deleting: bool = False
+
+
+def _ended_key(turn: Turn | None) -> _Key | None:
+    """The row's entry in the retention order, if it has one (terminal rows)."""
+    if turn is None or turn.completed_at is None or (not turn.state.is_terminal):
+        return None
+    return (turn.completed_at, turn.id)
 
 
 def _insert_key(keys: list[_Key], key: _Key) -> None:
@@ -103,6 +111,9 @@ class Database:
         self.running: dict[ChatKey, set[UUID]] = {}
         self.latest: dict[ChatKey, list[_Key]] = {}
         self.orphan_order: list[_Key] = []
+        self.ended: list[_Key] = []
+        self.by_chat: dict[ChatKey, set[UUID]] = {}
+        self.by_tenant: dict[UUID, set[UUID]] = {}
         self.chat_locks: dict[ChatKey, Transaction] = {}
         self.wait_seq = 0
         self.monitor = Monitor()
@@ -122,6 +133,9 @@ class Database:
     def commit(self, txn: Transaction) -> None:
         for turn_id in txn.written:
             row = self.rows[turn_id]
+            if row.deleting:
+                self._drop(row)
+                continue
             new = row.pending
             assert new is not None
             assert row.writer is txn
@@ -136,6 +150,7 @@ class Database:
         row = Row(committed=turn)
         self.rows[turn.id] = row
         self.by_request[turn.tenant_id, turn.chat_id, turn.request_id] = turn.id
+        self._index_row(turn)
         self._reindex_committed(None, turn)
         self._refresh_running(turn.id, turn, row)
 
@@ -154,14 +169,18 @@ class Database:
     def rollback(self, txn: Transaction) -> None:
         for turn_id in txn.written:
             row = self.rows[turn_id]
-            assert row.pending is not None
             assert row.writer is txn
+            if row.deleting:
+                row.deleting, row.writer = (False, None)
+                continue
+            assert row.pending is not None
             pending = row.pending
             row.pending, row.writer = (None, None)
             self._refresh_running(turn_id, pending, row)
             if row.committed is None:
                 del self.rows[turn_id]
                 del self.by_request[pending.tenant_id, pending.chat_id, pending.request_id]
+                self._unindex_row(pending)
         self._release(txn)
 
     def _release(self, txn: Transaction) -> None:
@@ -268,6 +287,10 @@ class Database:
             row = self.rows.get(turn_id) if turn_id is not None else None
             if row is None:
                 continue
+            if row.deleting and row.writer is txn:
+                raise NotImplementedError(
+                    "the in-memory store cannot insert a turn whose id or request id this transaction deleted (purge_turns, erase_tenant_turns); PostgreSQL can"
+                )
             if row.writer is not None and row.writer is not txn:
                 return row.writer
             return True
@@ -283,7 +306,67 @@ class Database:
     def insert(self, txn: Transaction, turn: Turn) -> None:
         self.rows[turn.id] = Row(committed=None)
         self.by_request[turn.tenant_id, turn.chat_id, turn.request_id] = turn.id
+        self._index_row(turn)
         self.write(txn, turn)
+
+    def delete(self, txn: Transaction, turn_id: UUID) -> None:
+        """``DELETE`` a committed row ``txn`` may lock (free, or already its own): gone for
+        ``txn`` at once, for everyone at commit; a rollback keeps it."""
+        row = self.rows[turn_id]
+        assert row.holder is None or row.holder is txn
+        if row.committed is None:
+            inserted = row.pending
+            assert inserted is not None
+            assert row.writer is txn
+            del self.rows[turn_id]
+            del self.by_request[inserted.tenant_id, inserted.chat_id, inserted.request_id]
+            self._unindex_row(inserted)
+            txn.written.discard(turn_id)
+            txn.locked.discard(turn_id)
+            txn.chat_writes.get(chat_key(inserted), set()).discard(turn_id)
+            row.pending = None
+            self._refresh_running(turn_id, inserted, row)
+            return
+        row.pending, row.writer, row.holder, row.deleting = (None, txn, txn, True)
+        txn.written.add(turn_id)
+        txn.locked.add(turn_id)
+        txn.chat_writes.setdefault(chat_key(row.committed), set()).add(turn_id)
+
+    def _drop(self, row: Row) -> None:
+        """Remove a committed row and every index entry it has."""
+        old = row.committed
+        assert old is not None
+        del self.rows[old.id]
+        del self.by_request[old.tenant_id, old.chat_id, old.request_id]
+        self._unindex_row(old)
+        key = _latest_key(old)
+        if key is not None:
+            keys = self.latest[chat_key(old)]
+            _remove_key(keys, key)
+            if not keys:
+                del self.latest[chat_key(old)]
+        for order, key in ((self.orphan_order, _orphan_key(old)), (self.ended, _ended_key(old))):
+            if key is not None:
+                _remove_key(order, key)
+        ids = self.running.get(chat_key(old))
+        if ids is not None:
+            ids.discard(old.id)
+            if not ids:
+                del self.running[chat_key(old)]
+
+    def _index_row(self, turn: Turn) -> None:
+        self.by_chat.setdefault(chat_key(turn), set()).add(turn.id)
+        self.by_tenant.setdefault(turn.tenant_id, set()).add(turn.id)
+
+    def _unindex_row(self, turn: Turn) -> None:
+        chat = self.by_chat[chat_key(turn)]
+        chat.discard(turn.id)
+        if not chat:
+            del self.by_chat[chat_key(turn)]
+        tenant = self.by_tenant[turn.tenant_id]
+        tenant.discard(turn.id)
+        if not tenant:
+            del self.by_tenant[turn.tenant_id]
 
     def running_turn(self, txn: Transaction, chat: ChatKey) -> Turn | None:
         for turn_id in self.running.get(chat, ()):
@@ -358,6 +441,26 @@ class Database:
                 return current
         return None
 
+    def purge_candidates(self, txn: Transaction, now: datetime, older_than_secs: int) -> list[Turn]:
+        """Terminal turns that ended ``older_than_secs`` before ``now``, oldest first, as
+        ``txn`` sees them (``rules.is_purgeable``), locked or not."""
+        found = [
+            turn
+            for turn_id in txn.written
+            if (turn := self.rows[turn_id].pending) is not None
+            and rules.is_purgeable(turn, now, older_than_secs)
+        ]
+        cutoff = rules.purge_cutoff(now, older_than_secs)
+        for completed_at, turn_id in self.ended:
+            if completed_at > cutoff:
+                break
+            if turn_id not in txn.written:
+                turn = self.rows[turn_id].committed
+                assert turn is not None
+                found.append(turn)
+        found.sort(key=lambda t: (t.completed_at, t.id))
+        return found
+
     @staticmethod
     def lock(txn: Transaction, row: Row, turn_id: UUID) -> None:
         row.holder = txn
@@ -402,13 +505,15 @@ class Database:
                     del self.latest[chat_key(new)]
             if new_latest is not None:
                 _insert_key(self.latest.setdefault(chat_key(new), []), new_latest)
-        old_orphan = _orphan_key(old)
-        new_orphan = _orphan_key(new)
-        if old_orphan != new_orphan:
-            if old_orphan is not None:
-                _remove_key(self.orphan_order, old_orphan)
-            if new_orphan is not None:
-                _insert_key(self.orphan_order, new_orphan)
+        for order, old_key, new_key in (
+            (self.orphan_order, _orphan_key(old), _orphan_key(new)),
+            (self.ended, _ended_key(old), _ended_key(new)),
+        ):
+            if old_key != new_key:
+                if old_key is not None:
+                    _remove_key(order, old_key)
+                if new_key is not None:
+                    _insert_key(order, new_key)
 
     def _refresh_running(self, turn_id: UUID, turn: Turn, row: Row) -> None:
         """Keep ``running`` listing the rows any version of which holds the running slot."""

@@ -1,5 +1,5 @@
 # WARNING: this file is generated from src/turnstore/memory/repository.py by tools/async_to_sync.py; do not edit.
-"""``InMemoryTurnRepository``: the 14 repository methods over the fake's storage engine.
+"""``InMemoryTurnRepository``: the repository methods over the fake's storage engine.
 
 Every decision is a pure function of ``turnstore.rules`` or ``AccessScope.permits``; this
 module turns each method into the statement it stands for (an INSERT, an UPDATE with its
@@ -37,7 +37,9 @@ from turnstore.model import (
     check_scope,
     check_uuid,
     validate_orphan_args,
+    validate_retention_args,
 )
+from turnstore.paging import DEFAULT_PAGE_LIMIT, TurnPage, check_page_limit, decode_cursor, page_of
 from turnstore.scope import AccessScope
 from turnstore.sync.memory.connection import (
     NO_WRITES,
@@ -52,7 +54,7 @@ __all__ = ["InMemoryTurnRepository"]
 
 
 class InMemoryTurnRepository:
-    """``TurnRepository[InMemoryConnection]``: the 14 methods, decided by ``turnstore.rules``.
+    """``TurnRepository[InMemoryConnection]``: every method, decided by ``turnstore.rules``.
 
     Arguments are checked exactly as ``PostgresTurnRepository`` checks them, with the same
     errors. The repository holds no data; the runner names the store and the transaction.
@@ -320,6 +322,85 @@ class InMemoryTurnRepository:
             _ignoring_time(rules.tool_increment_applies),
             lambda turn, now: {counter: getattr(turn, counter) + 1, "updated_at": now},
         )
+
+    def get_turn(
+        self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
+    ) -> Turn | None:
+        check_uuid("turn_id", turn_id)
+        check_scope(scope)
+        with statement(runner) as (db, txn):
+            turn = db.get(txn, turn_id)
+            return _out(turn) if turn is not None and scope.permits(turn) else None
+
+    def list_turns(
+        self,
+        runner: InMemoryConnection,
+        scope: AccessScope,
+        tenant_id: UUID,
+        chat_id: UUID,
+        *,
+        limit: int = DEFAULT_PAGE_LIMIT,
+        before: str | None = None,
+        include_deleted: bool = False,
+    ) -> TurnPage:
+        check_uuid("tenant_id", tenant_id)
+        check_uuid("chat_id", chat_id)
+        check_page_limit(limit)
+        check_instance("include_deleted", include_deleted, bool)
+        key = decode_cursor(before)
+        check_scope(scope)
+        with statement(runner) as (db, txn):
+            found = [
+                turn
+                for turn_id in db.by_chat.get((tenant_id, chat_id), ())
+                if (turn := db.get(txn, turn_id)) is not None
+                and turn.tenant_id == tenant_id
+                and (include_deleted or rules.is_live(turn))
+                and (rules.latest_sort_key(turn) < key)
+                and scope.permits(turn)
+            ]
+            found.sort(key=rules.latest_sort_key, reverse=True)
+            return page_of([_copy(t) for t in found[: limit + 1]], limit)
+
+    def purge_turns(self, runner: InMemoryConnection, older_than_secs: int, limit: int) -> int:
+        validate_retention_args(older_than_secs, limit)
+        with statement(runner) as (db, txn):
+            now = db.clock.now()
+            batch = [
+                turn.id
+                for turn in db.purge_candidates(txn, now, older_than_secs)
+                if (holder := db.rows[turn.id].holder) is None or holder is txn
+            ][:limit]
+            for turn_id in batch:
+                db.delete(txn, turn_id)
+            return len(batch)
+
+    def count_purgeable(self, runner: InMemoryConnection, older_than_secs: int) -> int:
+        validate_retention_args(older_than_secs)
+        with statement(runner) as (db, txn):
+            return len(db.purge_candidates(txn, db.clock.now(), older_than_secs))
+
+    def erase_tenant_turns(self, runner: InMemoryConnection, tenant_id: UUID, limit: int) -> int:
+        check_uuid("tenant_id", tenant_id)
+        validate_retention_args(None, limit)
+        with statement(runner) as (db, txn):
+            erased = 0
+            for turn_id in sorted(db.by_tenant.get(tenant_id, ())):
+                if erased >= limit:
+                    break
+                turn = db.lock_row(txn, turn_id, None, lambda t: t.tenant_id == tenant_id)
+                if turn is None:
+                    continue
+                db.delete(txn, turn_id)
+                erased += 1
+            return erased
+
+    def count_tenant_turns(self, runner: InMemoryConnection, tenant_id: UUID) -> int:
+        check_uuid("tenant_id", tenant_id)
+        with statement(runner) as (db, txn):
+            return sum(
+                1 for turn_id in db.by_tenant.get(tenant_id, ()) if db.get(txn, turn_id) is not None
+            )
 
 
 def _update(

@@ -16,8 +16,9 @@ clock there with ``BackendHarness.set_time``.
 The concurrency tests hold up to ``CONCURRENCY + 2`` connections at once: a host pool
 given to the suite needs at least that many.
 
-One module per capability: ``create``, ``reads``, ``writes``, ``orphans``, ``locking``
-(``find_latest_for_update``), ``scope``, ``tenants``, ``timestamps``, ``transactions`` and
+One module per capability: ``create``, ``reads``, ``lookups`` (``get_turn``,
+``list_turns``), ``writes``, ``orphans``, ``locking`` (``find_latest_for_update``),
+``retention``, ``scope``, ``tenants``, ``timestamps``, ``transactions`` and
 ``concurrency``; ``_support`` holds what they share. This package re-exports every test
 class, so the one-line import above runs them all.
 """
@@ -34,12 +35,14 @@ from turnstore.testing.conformance._support import (
 from turnstore.testing.conformance.concurrency import TestConcurrency
 from turnstore.testing.conformance.create import TestCreateTurn
 from turnstore.testing.conformance.locking import TestFindLatestForUpdate
+from turnstore.testing.conformance.lookups import TestGetTurn, TestListTurns, TestRequestFingerprint
 from turnstore.testing.conformance.orphans import TestCasFinalizeOrphan, TestFindOrphanCandidates
 from turnstore.testing.conformance.reads import (
     TestFindByChatAndRequestId,
     TestFindLatestTurn,
     TestFindRunningByChatId,
 )
+from turnstore.testing.conformance.retention import TestEraseTenant, TestPurge
 from turnstore.testing.conformance.scope import TestScopeIsolation
 from turnstore.testing.conformance.tenants import TestTenantsSharingAChatId
 from turnstore.testing.conformance.timestamps import TestTimestamps
@@ -62,12 +65,17 @@ __all__ = [
     "TestCasUpdateState",
     "TestConcurrency",
     "TestCreateTurn",
+    "TestEraseTenant",
     "TestFindByChatAndRequestId",
     "TestFindLatestForUpdate",
     "TestFindLatestTurn",
     "TestFindOrphanCandidates",
     "TestFindRunningByChatId",
+    "TestGetTurn",
     "TestIncrementToolCalls",
+    "TestListTurns",
+    "TestPurge",
+    "TestRequestFingerprint",
     "TestScopeIsolation",
     "TestSetAssistantMessageId",
     "TestSoftDelete",

@@ -17,8 +17,9 @@ clock there with ``BackendHarness.set_time``.
 The concurrency tests hold up to ``CONCURRENCY + 2`` connections at once: a host pool
 given to the suite needs at least that many.
 
-One module per capability: ``create``, ``reads``, ``writes``, ``orphans``, ``locking``
-(``find_latest_for_update``), ``scope``, ``tenants``, ``timestamps``, ``transactions`` and
+One module per capability: ``create``, ``reads``, ``lookups`` (``get_turn``,
+``list_turns``), ``writes``, ``orphans``, ``locking`` (``find_latest_for_update``),
+``retention``, ``scope``, ``tenants``, ``timestamps``, ``transactions`` and
 ``concurrency``; ``_support`` holds what they share. This package re-exports every test
 class, so the one-line import above runs them all.
 """
@@ -35,6 +36,11 @@ from turnstore.sync.testing.conformance._support import (
 from turnstore.sync.testing.conformance.concurrency import TestConcurrency
 from turnstore.sync.testing.conformance.create import TestCreateTurn
 from turnstore.sync.testing.conformance.locking import TestFindLatestForUpdate
+from turnstore.sync.testing.conformance.lookups import (
+    TestGetTurn,
+    TestListTurns,
+    TestRequestFingerprint,
+)
 from turnstore.sync.testing.conformance.orphans import (
     TestCasFinalizeOrphan,
     TestFindOrphanCandidates,
@@ -44,6 +50,7 @@ from turnstore.sync.testing.conformance.reads import (
     TestFindLatestTurn,
     TestFindRunningByChatId,
 )
+from turnstore.sync.testing.conformance.retention import TestEraseTenant, TestPurge
 from turnstore.sync.testing.conformance.scope import TestScopeIsolation
 from turnstore.sync.testing.conformance.tenants import TestTenantsSharingAChatId
 from turnstore.sync.testing.conformance.timestamps import TestTimestamps
@@ -66,12 +73,17 @@ __all__ = [
     "TestCasUpdateState",
     "TestConcurrency",
     "TestCreateTurn",
+    "TestEraseTenant",
     "TestFindByChatAndRequestId",
     "TestFindLatestForUpdate",
     "TestFindLatestTurn",
     "TestFindOrphanCandidates",
     "TestFindRunningByChatId",
+    "TestGetTurn",
     "TestIncrementToolCalls",
+    "TestListTurns",
+    "TestPurge",
+    "TestRequestFingerprint",
     "TestScopeIsolation",
     "TestSetAssistantMessageId",
     "TestSoftDelete",
