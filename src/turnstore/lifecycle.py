@@ -184,9 +184,10 @@ class FinalizeOutcome:
 
     ``state`` is the turn's state, not the one asked for: the new state when ``won``, else
     the state the losing call found (e.g. ``cancelled`` for a late ``complete_turn`` on a
-    cancelled turn), read after the CAS matched no row; ``None`` when the turn no longer
-    exists in the caller's scope (purged, erased). Only a call that won may commit the
-    host's writes that go with the transition (the assistant message, the quota).
+    cancelled turn), read after the CAS matched no row (a turn that no longer exists in the
+    caller's scope, purged or erased, raises ``TurnNotFoundError`` instead). Only a call that
+    won may commit the host's writes that go with the transition (the assistant message, the
+    quota).
 
     ``turn`` is the finalized row, read in the same transaction, when a hook was given and
     the CAS was won (the hook receives the same row), or the row the losing call read;
@@ -194,7 +195,7 @@ class FinalizeOutcome:
     """
 
     turn_id: UUID
-    state: TurnState | None
+    state: TurnState
     won: bool
     turn: Turn | None = None
 

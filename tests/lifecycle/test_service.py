@@ -18,6 +18,7 @@ from turnstore.errors import (
     NotLatestTurnError,
     RequestFingerprintMismatchError,
     RequestInProgressError,
+    TurnNotFoundError,
 )
 from turnstore.fingerprint import request_fingerprint
 from turnstore.lifecycle import MutationKind, RejectReason, StartKind, TurnLifecycle
@@ -78,13 +79,14 @@ async def test_the_winner_reads_nothing_more_and_only_a_loser_reads_the_turn(
     assert dict(tap.calls) == {"cas_update_completed": 1, "cas_update_state": 1, "get_turn": 1}
 
 
-async def test_finalizing_an_erased_turn_reports_no_state(
+async def test_finalizing_an_erased_turn_is_not_found(
     turnstore_backend: BackendHarness, lc: TurnLifecycle[Any], chat: Chat
 ) -> None:
+    """An erased turn is a turn that does not exist: not found, as out of scope."""
     turn = await started(lc, chat)
     await retention.erase_tenant(turnstore_backend.store, chat.tenant_id)
-    outcome = await lc.complete_turn(chat.scope, turn, uuid.uuid4())
-    assert (outcome.won, outcome.state, outcome.turn) == (False, None, None)
+    with pytest.raises(TurnNotFoundError):
+        await lc.complete_turn(chat.scope, turn, uuid.uuid4())
 
 
 # --------------------------------------------------------------------------- start
