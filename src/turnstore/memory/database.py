@@ -23,7 +23,7 @@ from psycopg.errors import DeadlockDetected
 
 from turnstore import rules
 from turnstore.clock import Clock
-from turnstore.model import CreateTurnParams, Turn
+from turnstore.model import CreateTurnParams, Turn, TurnState
 from turnstore.scope import AccessScope
 
 __all__ = ["Database", "Row", "Transaction"]
@@ -116,6 +116,9 @@ class Database:
         self.orphan_order: list[_Key] = []
         self.chat_locks: dict[UUID, Transaction] = {}
         self.wait_seq = 0
+        # Called with the id of each turn whose committed version stops running, at the
+        # commit that stops it (``InProcessFinalizeSignals`` wakes the stream's waiters).
+        self.on_finalized: Callable[[UUID], None] | None = None
 
     # -- visibility ---------------------------------------------------------------------
 
@@ -142,7 +145,18 @@ class Database:
             old, row.committed, row.pending, row.writer = row.committed, new, None, None
             self._reindex_committed(old, new)
             self._refresh_running(turn_id, new, row)
+            self._announce(old, new)
         self._release(txn)
+
+    def _announce(self, old: Turn | None, new: Turn) -> None:
+        """Tell ``on_finalized`` of a committed ``running -> terminal`` transition."""
+        if (
+            self.on_finalized is not None
+            and old is not None
+            and old.state is TurnState.RUNNING
+            and new.state is not TurnState.RUNNING
+        ):
+            self.on_finalized(new.id)
 
     def autocommit_insert(self, turn: Turn) -> None:
         """Insert and commit ``turn`` at once: an INSERT in a transaction of its own that
@@ -164,6 +178,7 @@ class Database:
         self._reindex_committed(old, new)
         if rules.holds_running_slot(old) is not rules.holds_running_slot(new):
             self._refresh_running(new.id, new, row)
+        self._announce(old, new)
 
     def rollback(self, txn: Transaction) -> None:
         for turn_id in txn.written:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import psycopg_pool
@@ -18,18 +19,30 @@ import psycopg_pool
 from turnstore.errors import InvalidParameterError
 from turnstore.postgres.election import (
     AdvisoryLockElection,
+    ConnectionFactory,
     advisory_lock_key,
     leader_connection_kwargs,
 )
 from turnstore.postgres.errors import driver_errors, raise_translated
 from turnstore.postgres.migrations import SchemaStatus, check_schema, migrate
+from turnstore.postgres.notify import DEFAULT_CANCEL_POLL_SECS, PostgresFinalizeSignals
 from turnstore.postgres.repository import PostgresTurnRepository
-from turnstore.postgres.statements import DEFAULT_SCHEMA
+from turnstore.postgres.statements import (
+    DEFAULT_SCHEMA,
+    STILL_RUNNING,
+    finalize_channel,
+    render,
+)
 
 __all__ = ["PostgresStore"]
 
 Connection = psycopg.AsyncConnection[Any]
 Pool = psycopg_pool.AsyncConnectionPool[Any]
+
+#: The ``application_name`` of the dedicated connections, to spot them in
+#: ``pg_stat_activity``.
+_LEADER_APPLICATION_NAME = "turnstore-watchdog"
+_LISTENER_APPLICATION_NAME = "turnstore-listener"
 
 
 class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
@@ -96,11 +109,21 @@ class PostgresStore:
         schema: str = DEFAULT_SCHEMA,
         dsn: str | None = None,
         owns_pool: bool = False,
+        notifications: bool = True,
+        cancel_poll_secs: float = DEFAULT_CANCEL_POLL_SECS,
     ) -> None:
+        if not (isinstance(cancel_poll_secs, (int, float)) and cancel_poll_secs > 0):
+            raise InvalidParameterError(
+                f"cancel_poll_secs must be a positive number, got {cancel_poll_secs!r}"
+            )
         self._pool = pool
         self._dsn = dsn
         self._owns_pool = owns_pool
         self._turns = PostgresTurnRepository(schema)
+        self._notifications = notifications
+        self._cancel_poll_secs = float(cancel_poll_secs)
+        self._signals: PostgresFinalizeSignals | None = None
+        self._still_running = render(STILL_RUNNING, self._turns.schema)
 
     @classmethod
     async def open(
@@ -112,15 +135,31 @@ class PostgresStore:
         max_size: int = 10,
         timeout: float = 30.0,
         verify_schema: bool = False,
+        notifications: bool = True,
+        cancel_poll_secs: float = DEFAULT_CANCEL_POLL_SECS,
     ) -> PostgresStore:
         """Open a pool of ``min_size..max_size`` autocommit connections to ``dsn``.
 
-        Waits up to ``timeout`` seconds for the first ``min_size`` connections, and uses the
-        same timeout when a call waits for a free connection; ``StoreUnavailableError`` when
-        the server cannot be reached in that time. With ``verify_schema`` it also runs
-        ``verify_schema()`` once, so an app that does not migrate itself fails at start
-        instead of on its first call; on failure the pool is closed before the error
-        propagates.
+        Args:
+            dsn: A libpq connection string or URI.
+            schema: The schema holding ``chat_turns`` (``"turnstore"`` by default); every
+                statement of the store is rendered for it.
+            min_size: Connections the pool opens at once and keeps open.
+            max_size: The most connections the pool opens under load.
+            timeout: Seconds to wait for the first ``min_size`` connections, and for a
+                free connection on each later call; past it, ``StoreUnavailableError``.
+            verify_schema: Run ``verify_schema()`` once, so an app that does not migrate
+                itself fails at start (``SchemaMismatchError``) instead of on its first
+                call.
+            notifications: Learn of finalized turns by ``LISTEN`` on one dedicated
+                connection (see ``finalize_signals``). ``False`` where ``LISTEN`` cannot
+                work, such as behind a transaction-mode pooler: waited turns are then
+                polled every ``cancel_poll_secs``.
+            cancel_poll_secs: Seconds between two polls of the waited turns when no
+                listener is listening (notifications off, or the listening connection
+                down and reconnecting).
+
+        On any failure the pool is closed before the error propagates.
         """
         repository = PostgresTurnRepository(schema)
         pool: Pool = psycopg_pool.AsyncConnectionPool(
@@ -135,7 +174,14 @@ class PostgresStore:
         try:
             with driver_errors:
                 await pool.open(wait=True, timeout=timeout)
-            store = cls(pool, schema=repository.schema, dsn=dsn, owns_pool=True)
+            store = cls(
+                pool,
+                schema=repository.schema,
+                dsn=dsn,
+                owns_pool=True,
+                notifications=notifications,
+                cancel_poll_secs=cancel_poll_secs,
+            )
             if verify_schema:
                 await store.verify_schema()
         except BaseException:
@@ -200,6 +246,52 @@ class PostgresStore:
         status.require_current(self.schema)
         return status
 
+    def finalize_signals(self) -> PostgresFinalizeSignals:
+        """The store's finalize signals (see ``turnstore.signals``), created on first use.
+
+        With notifications on, the first watched turn opens one listening connection
+        outside the pool, from the store's DSN or the pool's conninfo and kwargs; a pool
+        whose conninfo or kwargs are callables gives nothing to open it from, and the
+        store polls instead, as it does with ``notifications=False``.
+        """
+        if self._signals is None:
+            connect = self._dedicated_connect(_LISTENER_APPLICATION_NAME)
+            self._signals = PostgresFinalizeSignals(
+                finalize_channel(self.schema),
+                self._running_among,
+                connect if self._notifications else None,
+                poll_secs=self._cancel_poll_secs,
+            )
+        return self._signals
+
+    async def _running_among(self, turn_ids: list[UUID]) -> set[UUID]:
+        async with self.connection() as conn:
+            with driver_errors:
+                cur = await conn.execute(self._still_running, (turn_ids,))
+                return {row[0] for row in await cur.fetchall()}
+
+    def _dedicated_connect(self, application_name: str) -> ConnectionFactory | None:
+        """Opens a connection outside the pool, bounded as the leader's is (see
+        ``leader_connection_kwargs``); ``None`` when there is nothing to open it from."""
+        if self._dsn:
+            conninfo: object = self._dsn
+            pool_kwargs: object = {}
+        else:
+            conninfo = self._pool.conninfo
+            pool_kwargs = self._pool.kwargs
+        if not isinstance(conninfo, str) or not (
+            pool_kwargs is None or isinstance(pool_kwargs, dict)
+        ):
+            return None
+        kwargs = leader_connection_kwargs(conninfo, dict(pool_kwargs or {}))
+        kwargs["application_name"] = application_name
+        dsn = conninfo
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+
+        return connect
+
     def leader_election(self) -> AdvisoryLockElection:
         """A new advisory-lock election for this schema's watchdog (``advisory_lock_key``).
 
@@ -211,14 +303,8 @@ class PostgresStore:
         key = advisory_lock_key(self.schema)
         if self._dsn:
             return AdvisoryLockElection.from_dsn(self._dsn, key)
-        conninfo = self._pool.conninfo
-        pool_kwargs = self._pool.kwargs
-        if isinstance(conninfo, str) and (pool_kwargs is None or isinstance(pool_kwargs, dict)):
-            kwargs = leader_connection_kwargs(conninfo, dict(pool_kwargs or {}))
-
-            async def connect() -> psycopg.AsyncConnection[Any]:
-                return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
-
+        connect = self._dedicated_connect(_LEADER_APPLICATION_NAME)
+        if connect is not None:
             return AdvisoryLockElection(connect, key)
         raise InvalidParameterError(
             "cannot elect a watchdog leader for this store: it has no DSN to open a dedicated "
@@ -226,7 +312,10 @@ class PostgresStore:
         )
 
     async def close(self) -> None:
-        """Close the pool if this store opened it; a host's pool is left alone."""
+        """Stop the finalize signals (closing the listening connection), then close the
+        pool if this store opened it; a host's pool is left alone."""
+        if self._signals is not None:
+            await self._signals.close()
         if self._owns_pool:
             await self._pool.close()
 
