@@ -101,6 +101,17 @@ async def test_a_turn_already_over_is_finalized_at_once(
     assert (await lc.complete_turn(chat.scope, turn, uuid.uuid4())).won
     async with lc.keep_alive(chat.scope, turn.id, settings=TOUCH_ONLY) as ka:
         await waits_for(ka.finalized)
+    # Again while the store already listens: no reconnect re-checks this one.
+    other = Chat()
+    running = await started(lc, other)
+    async with lc.keep_alive(other.scope, running.id, settings=TOUCH_ONLY) as live:
+        await watching(turnstore_backend, live)
+        finished = await started(lc, chat)
+        assert (await lc.complete_turn(chat.scope, finished, uuid.uuid4())).won
+        await asyncio.sleep(0.3)  # its notification has come and gone, with no waiter
+        async with lc.keep_alive(chat.scope, finished.id, settings=TOUCH_ONLY) as ka:
+            await waits_for(ka.finalized)
+        assert not live.is_over
 
 
 async def test_the_watchdogs_finalize_sets_finalized(turnstore_backend: BackendHarness) -> None:
