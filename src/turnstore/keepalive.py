@@ -74,6 +74,7 @@ class KeepAlive(Generic[RunnerT]):
 
     @property
     def turn_id(self) -> UUID:
+        """The turn this keep-alive keeps alive."""
         return self._turn_id
 
     @property

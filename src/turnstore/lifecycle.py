@@ -68,7 +68,8 @@ _WHOLE_CHAT = AccessScope.allow_all()
 
 
 class StartKind(str, Enum):
-    """What ``begin_turn`` did."""
+    """What ``begin_turn`` did: ``started`` a new running turn, a ``replay`` of a completed
+    one (nothing written), or ``rejected`` the request (see ``RejectReason``)."""
 
     STARTED = "started"
     REPLAY = "replay"
@@ -76,7 +77,15 @@ class StartKind(str, Enum):
 
 
 class RejectReason(str, Enum):
-    """Why ``begin_turn`` refused to start a turn."""
+    """Why ``begin_turn`` refused to start a turn (docs/design.md, *Starting a turn*).
+
+    - ``request_id_conflict``: the request id is taken by a turn that is not a completed,
+      non-deleted one (running, failed, cancelled or deleted), or by a turn outside the
+      caller's scope; decided before ``generation_in_progress``, so a resend of a request
+      still running gets this, with that running turn.
+    - ``generation_in_progress``: the request id is new, but another turn of the chat is
+      running; ``StartOutcome.running_turn_id`` names it when known.
+    """
 
     REQUEST_ID_CONFLICT = "request_id_conflict"
     GENERATION_IN_PROGRESS = "generation_in_progress"
@@ -100,14 +109,17 @@ class StartOutcome:
 
     @property
     def started(self) -> bool:
+        """``kind is StartKind.STARTED``."""
         return self.kind is StartKind.STARTED
 
     @property
     def replayed(self) -> bool:
+        """``kind is StartKind.REPLAY``."""
         return self.kind is StartKind.REPLAY
 
     @property
     def rejected(self) -> bool:
+        """``kind is StartKind.REJECTED``."""
         return self.kind is StartKind.REJECTED
 
 
@@ -153,6 +165,8 @@ class FinalizeOutcome:
 
 
 class MutationKind(str, Enum):
+    """Which mutation of a chat's last turn a ``MutationResult`` reports."""
+
     RETRY = "retry"
     EDIT = "edit"
     DELETE = "delete"
@@ -197,14 +211,17 @@ class TurnLifecycle(Generic[RunnerT]):
 
     @property
     def store(self) -> TurnStore[RunnerT]:
+        """The store every operation runs on."""
         return self._store
 
     @property
     def turns(self) -> TurnRepository[RunnerT]:
+        """The store's repository."""
         return self._store.turns
 
     @property
     def keep_alive_settings(self) -> KeepAliveSettings:
+        """The settings ``keep_alive`` uses unless given others."""
         return self._keep_alive
 
     def _on(self, runner: RunnerT | None, *, atomic: bool) -> AbstractAsyncContextManager[RunnerT]:

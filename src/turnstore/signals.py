@@ -60,9 +60,11 @@ class Waiters:
         self._events: dict[UUID, set[asyncio.Event]] = {}
 
     def add(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Register ``event`` for ``turn_id``."""
         self._events.setdefault(turn_id, set()).add(event)
 
     def discard(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Forget ``event``; idempotent."""
         events = self._events.get(turn_id)
         if events is not None:
             events.discard(event)
@@ -82,6 +84,7 @@ class Waiters:
                 self.fire(turn_id)
 
     def turn_ids(self) -> set[UUID]:
+        """The turns with at least one waiting event."""
         return set(self._events)
 
     def __contains__(self, turn_id: object) -> bool:

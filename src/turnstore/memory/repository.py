@@ -94,6 +94,8 @@ class InMemoryTurnRepository:
     async def create_turn(
         self, runner: InMemoryConnection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.create_turn][]."""
         check_instance("params", params, CreateTurnParams)
         check_scope(scope)
         if (denied := rules.insert_refusal(params, permitted=scope.permits(params))) is not None:
@@ -144,6 +146,8 @@ class InMemoryTurnRepository:
     async def find_by_chat_and_request_id(
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID, request_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_by_chat_and_request_id][]."""
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
         check_scope(scope)
@@ -155,6 +159,8 @@ class InMemoryTurnRepository:
     async def find_running_by_chat_id(
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_running_by_chat_id][]."""
         check_uuid("chat_id", chat_id)
         check_scope(scope)
         async with statement(runner) as (db, txn):
@@ -164,6 +170,8 @@ class InMemoryTurnRepository:
     async def cas_update_state(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_state][]."""
         check_instance("params", params, CasTerminalParams)
         check_scope(scope)
         return await _update_count(
@@ -189,6 +197,8 @@ class InMemoryTurnRepository:
     async def cas_update_completed(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_completed][]."""
         check_instance("params", params, CasCompleteParams)
         check_scope(scope)
         return await _update_count(
@@ -214,6 +224,8 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         assistant_message_id: UUID,
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.set_assistant_message_id][]."""
         check_uuid("turn_id", turn_id)
         check_uuid("assistant_message_id", assistant_message_id)
         check_scope(scope)
@@ -234,6 +246,8 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         replaced_by_request_id: UUID | None,
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.soft_delete][]."""
         check_uuid("turn_id", turn_id)
         if replaced_by_request_id is not None:
             check_uuid("replaced_by_request_id", replaced_by_request_id)
@@ -256,6 +270,8 @@ class InMemoryTurnRepository:
     async def find_latest_turn(
         self, runner: InMemoryConnection, scope: AccessScope, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_latest_turn][]."""
         check_uuid("chat_id", chat_id)
         check_scope(scope)
         async with statement(runner) as (db, txn):
@@ -264,6 +280,8 @@ class InMemoryTurnRepository:
     async def update_progress_at(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_progress_at][]."""
         check_uuid("turn_id", turn_id)
         check_scope(scope)
         return await _update_count(
@@ -277,6 +295,8 @@ class InMemoryTurnRepository:
     async def find_orphan_candidates(
         self, runner: InMemoryConnection, timeout_secs: int, limit: int
     ) -> list[Turn]:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_orphan_candidates][]."""
         validate_orphan_args(timeout_secs, limit)
         async with statement(runner) as (db, txn):
             now = db.clock.now()
@@ -285,6 +305,8 @@ class InMemoryTurnRepository:
     async def cas_finalize_orphan(
         self, runner: InMemoryConnection, turn_id: UUID, timeout_secs: int
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_finalize_orphan][]."""
         check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
         # The statement's one reading serves the first check and, after a wait, the
@@ -323,6 +345,8 @@ class InMemoryTurnRepository:
     async def update_preflight_fields(
         self, runner: InMemoryConnection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_preflight_fields][]."""
         check_instance("params", params, UpdatePreflightParams)
         check_scope(scope)
         fields = params.model_dump(exclude={"turn_id"})
@@ -337,6 +361,8 @@ class InMemoryTurnRepository:
     async def increment_tool_calls(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.increment_tool_calls][]."""
         check_uuid("turn_id", turn_id)
         counter = rules.check_tool(tool).column
         check_scope(scope)

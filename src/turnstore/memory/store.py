@@ -59,6 +59,8 @@ class InProcessFinalizeSignals:
         database.on_finalized = self._waiters.fire
 
     def watch(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Set ``event`` now if the turn's committed version is not running (or there is
+        none), else at the commit that finalizes it."""
         row = self._database.rows.get(turn_id)
         turn = row.committed if row is not None else None
         if turn is None or turn.state is not TurnState.RUNNING:
@@ -67,6 +69,7 @@ class InProcessFinalizeSignals:
         self._waiters.add(turn_id, event)
 
     def unwatch(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Forget ``event``; idempotent."""
         self._waiters.discard(turn_id, event)
 
     @property
@@ -96,6 +99,7 @@ class InMemoryStore:
 
     @property
     def turns(self) -> InMemoryTurnRepository:
+        """The in-memory repository."""
         return self._turns
 
     def finalize_signals(self) -> InProcessFinalizeSignals:

@@ -8,7 +8,8 @@ transaction commits, and never for a CAS that lost or a transaction that rolled 
 ``PostgresFinalizeSignals`` starts its work the first time a stream watches a turn:
 
 - a listener task opens a dedicated connection (outside the pool, with a connect timeout
-  and TCP keepalives), ``LISTEN``\\s, and wakes the waiters of every turn id it is told of.
+  and TCP keepalives), runs ``LISTEN``, and wakes the waiters of every turn id it is told
+  of.
   When the connection is lost it reconnects with a doubling back-off; every (re)connect
   re-checks every waited turn once, since notifications sent while it was away are lost;
 - a checker task reads which waited turns are still running (``STILL_RUNNING``, a
@@ -84,6 +85,8 @@ class PostgresFinalizeSignals:
     # ---- what a stream uses
 
     def watch(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Set ``event`` once ``turn_id`` is no longer running (see ``FinalizeSignals``);
+        starts the listener and the checker on first use."""
         if self._closed:
             return
         self._waiters.add(turn_id, event)
@@ -92,12 +95,14 @@ class PostgresFinalizeSignals:
         self._start()
 
     def unwatch(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Forget ``event``; idempotent."""
         self._waiters.discard(turn_id, event)
 
     # ---- state, for operators and tests
 
     @property
     def channel(self) -> str:
+        """The ``LISTEN`` channel (``finalize_channel(schema)``)."""
         return self._channel
 
     @property

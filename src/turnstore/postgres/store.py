@@ -100,6 +100,18 @@ class PostgresStore:
     ``PostgresStore(pool=host_pool)`` wraps a pool the host owns (``close`` then leaves it
     open). ``connection()`` hands out a connection in autocommit (each call atomic on its
     own); ``transaction()`` one inside a transaction, committed on clean exit.
+    ``finalize_signals()`` tells streams of finalized turns (docs/lifecycle.md, *Cancel*).
+
+    Args:
+        pool: The connection pool; the store never changes its settings.
+        schema: The schema holding ``chat_turns``.
+        dsn: The DSN the pool was opened from, if any: dedicated connections (the
+            watchdog's leader, the finalize listener) are opened from it, else from the
+            pool's conninfo and kwargs.
+        owns_pool: Close the pool in ``close()`` (``open`` sets it).
+        notifications: Learn of finalized turns by ``LISTEN`` (see ``open``).
+        cancel_poll_secs: Seconds between polls of waited turns while no listener
+            listens (see ``open``).
     """
 
     def __init__(
@@ -191,14 +203,17 @@ class PostgresStore:
 
     @property
     def turns(self) -> PostgresTurnRepository:
+        """The repository bound to this store's schema."""
         return self._turns
 
     @property
     def schema(self) -> str:
+        """The schema holding ``chat_turns``."""
         return self._turns.schema
 
     @property
     def pool(self) -> Pool:
+        """The connection pool (the store's own, or the host's)."""
         return self._pool
 
     @property
@@ -212,8 +227,14 @@ class PostgresStore:
         return conn
 
     def connection(self) -> AbstractAsyncContextManager[Connection]:
-        """A pooled connection in autocommit (a host pool's connection is switched to
-        autocommit for the duration and switched back)."""
+        """A pooled connection in **autocommit**, for one ``async with`` block.
+
+        Each statement commits on its own: the repository calls made on it are atomic one
+        by one, never together, and a host write made on it is not rolled back by a later
+        error. Use ``transaction()`` for several statements that must commit together. A
+        host pool's connection is switched to autocommit for the block and switched back
+        on exit; the connection goes back to the pool when the block ends.
+        """
         return _AutocommitConnection(self._pool)
 
     @asynccontextmanager
