@@ -83,7 +83,8 @@ _WHOLE_CHAT = AccessScope.allow_all()
 
 
 class StartKind(str, Enum):
-    """What ``begin_turn`` did."""
+    """What ``begin_turn`` did: ``started`` a new running turn, a ``replay`` of a completed
+    one (nothing written), or ``rejected`` the request (see ``RejectReason``)."""
 
     STARTED = "started"
     REPLAY = "replay"
@@ -92,7 +93,15 @@ class StartKind(str, Enum):
 
 class RejectReason(str, Enum):
     """Why ``begin_turn`` refused to start a turn (docs/lifecycle.md, *Why a start is
-    refused*)."""
+    refused*).
+
+    - ``request_id_conflict``: the request id is taken by a turn that is not a completed,
+      non-deleted one (running, failed, cancelled or deleted), or by a turn outside the
+      caller's scope; decided before ``generation_in_progress``, so a resend of a request
+      still running gets this, with that running turn.
+    - ``generation_in_progress``: the request id is new, but another turn of the chat is
+      running; ``StartOutcome.running_turn_id`` names it when known.
+    """
 
     #: The request id is taken by a turn that cannot be replayed (failed, cancelled,
     #: deleted, or outside the caller's scope): a genuine key conflict.
@@ -123,14 +132,17 @@ class StartOutcome:
 
     @property
     def started(self) -> bool:
+        """``kind is StartKind.STARTED``."""
         return self.kind is StartKind.STARTED
 
     @property
     def replayed(self) -> bool:
+        """``kind is StartKind.REPLAY``."""
         return self.kind is StartKind.REPLAY
 
     @property
     def rejected(self) -> bool:
+        """``kind is StartKind.REJECTED``."""
         return self.kind is StartKind.REJECTED
 
     def error(self, chat_id: UUID, request_id: UUID) -> TurnStoreError | None:
@@ -212,6 +224,8 @@ _FINALIZE_SPANS = {
 
 
 class MutationKind(str, Enum):
+    """Which mutation of a chat's last turn a ``MutationResult`` reports."""
+
     RETRY = "retry"
     EDIT = "edit"
     DELETE = "delete"
@@ -292,14 +306,17 @@ class TurnLifecycle(Generic[RunnerT]):
 
     @property
     def store(self) -> TurnStore[RunnerT]:
+        """The store every operation runs on."""
         return self._store
 
     @property
     def turns(self) -> TurnRepository[RunnerT]:
+        """The store's repository."""
         return self._store.turns
 
     @property
     def keep_alive_settings(self) -> KeepAliveSettings:
+        """The settings ``keep_alive`` uses unless given others."""
         return self._keep_alive
 
     @property

@@ -75,13 +75,23 @@ class TurnRepository(Protocol[RunnerT_contra]):
     async def cas_update_state(
         self, runner: RunnerT_contra, scope: AccessScope, params: CasTerminalParams
     ) -> int:
-        """CAS ``running -> params.state``; 1 if this call won, 0 otherwise."""
+        """CAS ``running -> params.state``; 1 if this call won, 0 otherwise.
+
+        A win is announced to the store's finalize signals when it commits, so a stream
+        waiting on ``KeepAlive.finalized`` stops (docs/lifecycle.md, *Cancel*); a CAS that
+        loses, or whose transaction rolls back, announces nothing.
+        """
         ...
 
     async def cas_update_completed(
         self, runner: RunnerT_contra, scope: AccessScope, params: CasCompleteParams
     ) -> int:
-        """CAS ``running -> completed`` with the assistant message id; 1 if this call won."""
+        """CAS ``running -> completed`` with the assistant message id; 1 if this call won.
+
+        A win is announced to the store's finalize signals when it commits, so a stream
+        waiting on ``KeepAlive.finalized`` stops (docs/lifecycle.md, *Cancel*); a CAS that
+        loses, or whose transaction rolls back, announces nothing.
+        """
         ...
 
     async def set_assistant_message_id(
@@ -125,7 +135,12 @@ class TurnRepository(Protocol[RunnerT_contra]):
     async def cas_finalize_orphan(
         self, runner: RunnerT_contra, turn_id: UUID, timeout_secs: int
     ) -> int:
-        """Fail the turn with ``orphan_timeout`` if it is *still* an orphan; 1 if this call won."""
+        """Fail the turn with ``orphan_timeout`` if it is *still* an orphan; 1 if this call won.
+
+        A win is announced to the store's finalize signals when it commits, so a stream
+        waiting on ``KeepAlive.finalized`` stops (docs/lifecycle.md, *Cancel*); a CAS that
+        loses, or whose transaction rolls back, announces nothing.
+        """
         ...
 
     async def find_latest_for_update(

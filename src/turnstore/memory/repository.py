@@ -97,6 +97,8 @@ class InMemoryTurnRepository:
     async def create_turn(
         self, runner: InMemoryConnection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.create_turn][]."""
         check_instance("params", params, CreateTurnParams)
         check_scope(scope)
         if (denied := rules.insert_refusal(params, permitted=scope.permits(params))) is not None:
@@ -152,6 +154,8 @@ class InMemoryTurnRepository:
         chat_id: UUID,
         request_id: UUID,
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_by_chat_and_request_id][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
@@ -164,6 +168,8 @@ class InMemoryTurnRepository:
     async def find_running_by_chat_id(
         self, runner: InMemoryConnection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_running_by_chat_id][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_scope(scope)
@@ -174,6 +180,8 @@ class InMemoryTurnRepository:
     async def cas_update_state(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_state][]."""
         check_instance("params", params, CasTerminalParams)
         check_scope(scope)
         return await _update_count(
@@ -199,6 +207,8 @@ class InMemoryTurnRepository:
     async def cas_update_completed(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_completed][]."""
         check_instance("params", params, CasCompleteParams)
         check_scope(scope)
         return await _update_count(
@@ -224,6 +234,8 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         assistant_message_id: UUID,
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.set_assistant_message_id][]."""
         check_uuid("turn_id", turn_id)
         check_uuid("assistant_message_id", assistant_message_id)
         check_scope(scope)
@@ -244,6 +256,8 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         replaced_by_request_id: UUID | None,
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.soft_delete][]."""
         check_uuid("turn_id", turn_id)
         check_optional_uuid("replaced_by_request_id", replaced_by_request_id)
         check_scope(scope)
@@ -265,6 +279,8 @@ class InMemoryTurnRepository:
     async def find_latest_turn(
         self, runner: InMemoryConnection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_latest_turn][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_scope(scope)
@@ -274,6 +290,8 @@ class InMemoryTurnRepository:
     async def update_progress_at(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_progress_at][]."""
         check_uuid("turn_id", turn_id)
         check_scope(scope)
         return await _update_count(
@@ -287,6 +305,8 @@ class InMemoryTurnRepository:
     async def find_orphan_candidates(
         self, runner: InMemoryConnection, timeout_secs: int, limit: int
     ) -> list[Turn]:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_orphan_candidates][]."""
         validate_orphan_args(timeout_secs, limit)
         async with statement(runner) as (db, txn):
             now = db.clock.now()
@@ -295,6 +315,8 @@ class InMemoryTurnRepository:
     async def cas_finalize_orphan(
         self, runner: InMemoryConnection, turn_id: UUID, timeout_secs: int
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_finalize_orphan][]."""
         check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
         # The statement's one reading serves the first check and, after a wait, the
@@ -339,6 +361,8 @@ class InMemoryTurnRepository:
     async def update_preflight_fields(
         self, runner: InMemoryConnection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_preflight_fields][]."""
         check_instance("params", params, UpdatePreflightParams)
         check_scope(scope)
         fields = params.model_dump(exclude={"turn_id"})
@@ -353,6 +377,8 @@ class InMemoryTurnRepository:
     async def increment_tool_calls(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.increment_tool_calls][]."""
         check_uuid("turn_id", turn_id)
         counter = rules.check_tool(tool).column
         check_scope(scope)

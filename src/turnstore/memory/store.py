@@ -3,9 +3,11 @@ or in autocommit."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
+from uuid import UUID
 
 from turnstore.clock import Clock, SystemClock
 from turnstore.election import InProcessElection
@@ -13,8 +15,10 @@ from turnstore.errors import StoreUnavailableError
 from turnstore.memory.connection import InMemoryConnection
 from turnstore.memory.database import Database, Transaction
 from turnstore.memory.repository import InMemoryTurnRepository
+from turnstore.model import TurnState
+from turnstore.signals import Waiters
 
-__all__ = ["InMemoryStore"]
+__all__ = ["InMemoryStore", "InProcessFinalizeSignals"]
 
 
 class _AutocommitBlock:
@@ -42,6 +46,38 @@ class _AutocommitBlock:
             self._runner._close()
 
 
+class InProcessFinalizeSignals:
+    """The fake's ``FinalizeSignals``: the database's commit of a finalizing write wakes
+    the waiters of that turn at once, in process (as a PostgreSQL notification does at
+    commit); a rolled-back or losing finalize wakes no one."""
+
+    __slots__ = ("_database", "_waiters")
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._waiters = Waiters()
+        database.on_finalized = self._waiters.fire
+
+    def watch(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Set ``event`` now if the turn's committed version is not running (or there is
+        none), else at the commit that finalizes it."""
+        row = self._database.rows.get(turn_id)
+        turn = row.committed if row is not None else None
+        if turn is None or turn.state is not TurnState.RUNNING:
+            event.set()
+            return
+        self._waiters.add(turn_id, event)
+
+    def unwatch(self, turn_id: UUID, event: asyncio.Event) -> None:
+        """Forget ``event``; idempotent."""
+        self._waiters.discard(turn_id, event)
+
+    @property
+    def waiting(self) -> int:
+        """How many turns have a waiter."""
+        return len(self._waiters)
+
+
 class InMemoryStore:
     """``TurnStore[InMemoryConnection]`` held in process memory.
 
@@ -54,6 +90,7 @@ class InMemoryStore:
         self._database = Database(self._clock)
         self._turns = InMemoryTurnRepository()
         self._closed = False
+        self._signals: InProcessFinalizeSignals | None = None
 
     @property
     def clock(self) -> Clock:
@@ -62,7 +99,14 @@ class InMemoryStore:
 
     @property
     def turns(self) -> InMemoryTurnRepository:
+        """The in-memory repository."""
         return self._turns
+
+    def finalize_signals(self) -> InProcessFinalizeSignals:
+        """The store's finalize signals (see ``turnstore.signals``), created on first use."""
+        if self._signals is None:
+            self._signals = InProcessFinalizeSignals(self._database)
+        return self._signals
 
     def leader_election(self) -> InProcessElection:
         """A new election among the watchdogs of this process sharing this store."""

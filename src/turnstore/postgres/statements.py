@@ -28,6 +28,8 @@ a host should not use these class ids for its own locks:
 
 from __future__ import annotations
 
+import hashlib
+
 from psycopg import sql
 
 from turnstore.postgres.scope import SCOPE_MARK, ScopedStatement
@@ -47,6 +49,7 @@ __all__ = [
     "FIND_BY_REQUEST",
     "FIND_LATEST",
     "FIND_ORPHANS",
+    "FINALIZE_CHANNEL_PREFIX",
     "FIND_RUNNING",
     "GET_TURN",
     "INCREMENT_TOOL",
@@ -69,11 +72,13 @@ __all__ = [
     "SET_ASSISTANT_MESSAGE",
     "SET_LOCAL_SEARCH_PATH",
     "SOFT_DELETE",
+    "STILL_RUNNING",
     "TURN_COLUMNS",
     "TURN_ROW_STATEMENTS",
     "UPDATE_PREFLIGHT",
     "UPDATE_PROGRESS",
     "VERSION_TABLE_EXISTS",
+    "finalize_channel",
     "param_ident",
     "render",
     "render_scoped",
@@ -190,8 +195,14 @@ WHERE tenant_id = %s AND chat_id = %s AND state = 'running' AND deleted_at IS NU
   AND ({scope})
 """
 
+# The three finalizing CAS statements (CAS_STATE, CAS_COMPLETED, FINALIZE_ORPHAN) announce
+# a win on the schema's finalize channel (``finalize_channel``) from their RETURNING row,
+# in the same statement: the notification is delivered when the transaction commits, and
+# never for a CAS that lost (no row) or a transaction that rolled back. The outer SELECT
+# returns one row per win, so the cursor's rowcount stays "1 if this call won".
 CAS_STATE = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts),
+won AS (
 UPDATE {turns} SET
     state = %s,
     error_code = %s,
@@ -202,10 +213,13 @@ UPDATE {turns} SET
     updated_at = clock.ts
 FROM clock
 WHERE id = %s AND state = 'running' AND ({scope})
+RETURNING id)
+SELECT pg_notify({channel}, id::text) FROM won
 """
 
 CAS_COMPLETED = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts),
+won AS (
 UPDATE {turns} SET
     state = 'completed',
     assistant_message_id = %s,
@@ -214,6 +228,8 @@ UPDATE {turns} SET
     updated_at = clock.ts
 FROM clock
 WHERE id = %s AND state = 'running' AND ({scope})
+RETURNING id)
+SELECT pg_notify({channel}, id::text) FROM won
 """
 
 SET_ASSISTANT_MESSAGE = """
@@ -276,7 +292,8 @@ LIMIT %s
 """
 
 FINALIZE_ORPHAN = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts),
+won AS (
 UPDATE {turns} SET
     state = 'failed',
     error_code = %s,
@@ -285,6 +302,15 @@ UPDATE {turns} SET
 FROM clock
 WHERE id = %s AND state = 'running' AND deleted_at IS NULL
   AND last_progress_at <= clock.ts - make_interval(secs => %s)
+RETURNING id)
+SELECT pg_notify({channel}, id::text) FROM won
+"""
+
+# Which of the given turns are still running: the re-check of the turns a stream waits on
+# (after the listening connection reconnects, and every poll when notifications are off).
+# A primary-key lookup per id.
+STILL_RUNNING = """
+SELECT id FROM {turns} WHERE id = ANY(%s) AND state = 'running'
 """
 
 # 1414742856 is CHAT_LOCK_CLASS. For a scope that permits the whole tenant (a pure check,
@@ -488,6 +514,21 @@ MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(1414745415, hashtext(%s))"
 
 # --------------------------------------------------------------------------- rendering
 
+#: The prefix of every finalize channel name (``finalize_channel``).
+FINALIZE_CHANNEL_PREFIX = "turnstore_finalized_"
+
+
+def finalize_channel(schema: str) -> str:
+    """The ``LISTEN`` channel on which a schema's finalizing statements announce the turn
+    they finalized (the payload is the turn id).
+
+    Derived from a hash of the schema, so any schema name (up to PostgreSQL's 63 bytes,
+    quotes and all) gives a channel of 52 lowercase ASCII bytes, within the 63-byte limit
+    of an identifier, and two schemas in one database never share a channel.
+    """
+    digest = hashlib.blake2b(f"turnstore.finalized:{schema}".encode(), digest_size=16)
+    return FINALIZE_CHANNEL_PREFIX + digest.hexdigest()
+
 
 def param_ident(*names: str) -> sql.SQL:
     """A quoted identifier for a statement executed with parameters.
@@ -507,7 +548,10 @@ def render(template: str, schema: str, **identifiers: str) -> str:
     """
     names = {key: param_ident(value) for key, value in identifiers.items()}
     query = sql.SQL(template.strip()).format(
-        turns=param_ident(schema, "chat_turns"), scope=sql.SQL(SCOPE_MARK), **names
+        turns=param_ident(schema, "chat_turns"),
+        scope=sql.SQL(SCOPE_MARK),
+        channel=sql.Literal(finalize_channel(schema)),
+        **names,
     )
     return query.as_string(None)
 

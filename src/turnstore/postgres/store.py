@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import psycopg_pool
@@ -19,13 +20,20 @@ from psycopg.conninfo import conninfo_to_dict
 from turnstore.errors import InvalidParameterError
 from turnstore.postgres.election import (
     AdvisoryLockElection,
+    ConnectionFactory,
     advisory_lock_key,
     leader_connection_kwargs,
 )
 from turnstore.postgres.errors import driver_errors, raise_translated
 from turnstore.postgres.migrations import SchemaStatus, check_schema, migrate
+from turnstore.postgres.notify import DEFAULT_CANCEL_POLL_SECS, PostgresFinalizeSignals
 from turnstore.postgres.repository import PostgresTurnRepository
-from turnstore.postgres.statements import DEFAULT_SCHEMA
+from turnstore.postgres.statements import (
+    DEFAULT_SCHEMA,
+    STILL_RUNNING,
+    finalize_channel,
+    render,
+)
 from turnstore.validation import (
     check_bool,
     check_instance,
@@ -44,6 +52,11 @@ _MAX_DSN_CHARS = 8192
 
 Connection = psycopg.AsyncConnection[Any]
 Pool = psycopg_pool.AsyncConnectionPool[Any]
+
+#: The ``application_name`` of the dedicated connections, to spot them in
+#: ``pg_stat_activity``.
+_LEADER_APPLICATION_NAME = "turnstore-watchdog"
+_LISTENER_APPLICATION_NAME = "turnstore-listener"
 
 
 def check_dsn(dsn: object, name: str = "dsn") -> str:
@@ -115,6 +128,18 @@ class PostgresStore:
     ``PostgresStore(pool=host_pool)`` wraps a pool the host owns (``close`` then leaves it
     open). ``connection()`` hands out a connection in autocommit (each call atomic on its
     own); ``transaction()`` one inside a transaction, committed on clean exit.
+    ``finalize_signals()`` tells streams of finalized turns (docs/lifecycle.md, *Cancel*).
+
+    Args:
+        pool: The connection pool; the store never changes its settings.
+        schema: The schema holding ``chat_turns``.
+        dsn: The DSN the pool was opened from, if any: dedicated connections (the
+            watchdog's leader, the finalize listener) are opened from it, else from the
+            pool's conninfo and kwargs.
+        owns_pool: Close the pool in ``close()`` (``open`` sets it).
+        notifications: Learn of finalized turns by ``LISTEN`` (see ``open``).
+        cancel_poll_secs: Seconds between polls of waited turns while no listener
+            listens (see ``open``).
     """
 
     def __init__(
@@ -124,6 +149,8 @@ class PostgresStore:
         schema: str = DEFAULT_SCHEMA,
         dsn: str | None = None,
         owns_pool: bool = False,
+        notifications: bool = True,
+        cancel_poll_secs: float = DEFAULT_CANCEL_POLL_SECS,
     ) -> None:
         check_instance(
             "pool", pool, psycopg_pool.AsyncConnectionPool, "psycopg_pool.AsyncConnectionPool"
@@ -131,10 +158,16 @@ class PostgresStore:
         if dsn is not None:
             check_dsn(dsn)
         check_bool("owns_pool", owns_pool)
+        check_bool("notifications", notifications)
+        check_seconds("cancel_poll_secs", cancel_poll_secs, 3600.0)
         self._pool = pool
         self._dsn = dsn
         self._owns_pool = owns_pool
         self._turns = PostgresTurnRepository(schema)
+        self._notifications = notifications
+        self._cancel_poll_secs = float(cancel_poll_secs)
+        self._signals: PostgresFinalizeSignals | None = None
+        self._still_running = render(STILL_RUNNING, self._turns.schema)
 
     @classmethod
     async def open(
@@ -146,26 +179,45 @@ class PostgresStore:
         max_size: int = 10,
         timeout: float = 30.0,
         verify_schema: bool = False,
+        notifications: bool = True,
+        cancel_poll_secs: float = DEFAULT_CANCEL_POLL_SECS,
     ) -> PostgresStore:
         """Open a pool of ``min_size..max_size`` autocommit connections to ``dsn``.
 
-        Waits up to ``timeout`` seconds for the first ``min_size`` connections, and uses the
-        same timeout when a call waits for a free connection; ``StoreUnavailableError`` when
-        the server cannot be reached in that time. With ``verify_schema`` it also runs
-        ``verify_schema()`` once, so an app that does not migrate itself fails at start
-        instead of on its first call; on failure the pool is closed before the error
-        propagates.
+        Args:
+            dsn: A libpq connection string or URI.
+            schema: The schema holding ``chat_turns`` (``"turnstore"`` by default); every
+                statement of the store is rendered for it.
+            min_size: Connections the pool opens at once and keeps open.
+            max_size: The most connections the pool opens under load.
+            timeout: Seconds to wait for the first ``min_size`` connections, and for a
+                free connection on each later call; past it, ``StoreUnavailableError``.
+            verify_schema: Run ``verify_schema()`` once, so an app that does not migrate
+                itself fails at start (``SchemaMismatchError``) instead of on its first
+                call.
+            notifications: Learn of finalized turns by ``LISTEN`` on one dedicated
+                connection (see ``finalize_signals``). ``False`` where ``LISTEN`` cannot
+                work, such as behind a transaction-mode pooler: waited turns are then
+                polled every ``cancel_poll_secs``.
+            cancel_poll_secs: Seconds between two polls of the waited turns when no
+                listener is listening (notifications off, or the listening connection
+                down and reconnecting).
+
+        On any failure the pool is closed before the error propagates.
 
         Every argument is checked first (``InvalidParameterError``, nothing opened): ``dsn``
         text in libpq's syntax, ``schema`` a name PostgreSQL keeps as given
         (``check_schema_name``), ``0 <= min_size`` and ``max(1, min_size) <= max_size``
-        (ints, at most 10000), ``timeout`` a finite number of seconds in (0, 86400].
+        (ints, at most 10000), ``timeout`` a finite number of seconds in (0, 86400],
+        ``cancel_poll_secs`` in (0, 3600].
         """
         check_dsn(dsn)
         check_schema_name(schema)
         check_pool_sizes(min_size, max_size)
         check_seconds("timeout", timeout, MAX_OPEN_TIMEOUT_SECS)
         check_bool("verify_schema", verify_schema)
+        check_bool("notifications", notifications)
+        check_seconds("cancel_poll_secs", cancel_poll_secs, 3600.0)
         repository = PostgresTurnRepository(schema)
         pool: Pool = psycopg_pool.AsyncConnectionPool(
             dsn,
@@ -179,7 +231,14 @@ class PostgresStore:
         try:
             with driver_errors:
                 await pool.open(wait=True, timeout=timeout)
-            store = cls(pool, schema=repository.schema, dsn=dsn, owns_pool=True)
+            store = cls(
+                pool,
+                schema=repository.schema,
+                dsn=dsn,
+                owns_pool=True,
+                notifications=notifications,
+                cancel_poll_secs=cancel_poll_secs,
+            )
             if verify_schema:
                 await store.verify_schema()
         except BaseException:
@@ -189,14 +248,17 @@ class PostgresStore:
 
     @property
     def turns(self) -> PostgresTurnRepository:
+        """The repository bound to this store's schema."""
         return self._turns
 
     @property
     def schema(self) -> str:
+        """The schema holding ``chat_turns``."""
         return self._turns.schema
 
     @property
     def pool(self) -> Pool:
+        """The connection pool (the store's own, or the host's)."""
         return self._pool
 
     @property
@@ -210,8 +272,14 @@ class PostgresStore:
         return conn
 
     def connection(self) -> AbstractAsyncContextManager[Connection]:
-        """A pooled connection in autocommit (a host pool's connection is switched to
-        autocommit for the duration and switched back)."""
+        """A pooled connection in **autocommit**, for one ``async with`` block.
+
+        Each statement commits on its own: the repository calls made on it are atomic one
+        by one, never together, and a host write made on it is not rolled back by a later
+        error. Use ``transaction()`` for several statements that must commit together. A
+        host pool's connection is switched to autocommit for the block and switched back
+        on exit; the connection goes back to the pool when the block ends.
+        """
         return _AutocommitConnection(self._pool)
 
     @asynccontextmanager
@@ -244,6 +312,52 @@ class PostgresStore:
         status.require_current(self.schema)
         return status
 
+    def finalize_signals(self) -> PostgresFinalizeSignals:  # async-only
+        """The store's finalize signals (see ``turnstore.signals``), created on first use.
+
+        With notifications on, the first watched turn opens one listening connection
+        outside the pool, from the store's DSN or the pool's conninfo and kwargs; a pool
+        whose conninfo or kwargs are callables gives nothing to open it from, and the
+        store polls instead, as it does with ``notifications=False``.
+        """
+        if self._signals is None:
+            connect = self._dedicated_connect(_LISTENER_APPLICATION_NAME)
+            self._signals = PostgresFinalizeSignals(
+                finalize_channel(self.schema),
+                self._running_among,
+                connect if self._notifications else None,
+                poll_secs=self._cancel_poll_secs,
+            )
+        return self._signals
+
+    async def _running_among(self, turn_ids: list[UUID]) -> set[UUID]:
+        async with self.connection() as conn:
+            with driver_errors:
+                cur = await conn.execute(self._still_running, (turn_ids,))
+                return {row[0] for row in await cur.fetchall()}
+
+    def _dedicated_connect(self, application_name: str) -> ConnectionFactory | None:
+        """Opens a connection outside the pool, bounded as the leader's is (see
+        ``leader_connection_kwargs``); ``None`` when there is nothing to open it from."""
+        if self._dsn:
+            conninfo: object = self._dsn
+            pool_kwargs: object = {}
+        else:
+            conninfo = self._pool.conninfo
+            pool_kwargs = self._pool.kwargs
+        if not isinstance(conninfo, str) or not (
+            pool_kwargs is None or isinstance(pool_kwargs, dict)
+        ):
+            return None
+        kwargs = leader_connection_kwargs(conninfo, dict(pool_kwargs or {}))
+        kwargs["application_name"] = application_name
+        dsn = conninfo
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+
+        return connect
+
     def leader_election(self) -> AdvisoryLockElection:
         """A new advisory-lock election for this schema's watchdog (``advisory_lock_key``).
 
@@ -255,14 +369,8 @@ class PostgresStore:
         key = advisory_lock_key(self.schema)
         if self._dsn:
             return AdvisoryLockElection.from_dsn(self._dsn, key)
-        conninfo = self._pool.conninfo
-        pool_kwargs = self._pool.kwargs
-        if isinstance(conninfo, str) and (pool_kwargs is None or isinstance(pool_kwargs, dict)):
-            kwargs = leader_connection_kwargs(conninfo, dict(pool_kwargs or {}))
-
-            async def connect() -> psycopg.AsyncConnection[Any]:
-                return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
-
+        connect = self._dedicated_connect(_LEADER_APPLICATION_NAME)
+        if connect is not None:
             return AdvisoryLockElection(connect, key)
         raise InvalidParameterError(
             "cannot elect a watchdog leader for this store: it has no DSN to open a dedicated "
@@ -270,7 +378,10 @@ class PostgresStore:
         )
 
     async def close(self) -> None:
-        """Close the pool if this store opened it; a host's pool is left alone."""
+        """Stop the finalize signals (closing the listening connection), then close the
+        pool if this store opened it; a host's pool is left alone."""
+        if self._signals is not None:  # async-only
+            await self._signals.close()
         if self._owns_pool:
             await self._pool.close()
 

@@ -5,6 +5,13 @@ A stream calls ``touch()`` per chunk; ``KeepAlive`` turns those calls (and, with
 heartbeat, the mere passing of time) into at most one ``update_progress_at`` per interval,
 each committed on its own so the orphan watchdog sees it at once. Made by
 ``TurnLifecycle.keep_alive``; re-exported from ``turnstore.sync.lifecycle``.
+
+A keep-alive also tells its stream when the turn is over (cancelled by the user in any
+instance, failed by the watchdog) without waiting for a write: ``finalized`` (an
+``asyncio.Event``), ``is_over`` and ``wait_finalized()`` are set by the store's finalize
+signals (``turnstore.signals``) or by a write that found the turn no longer running. The
+first use of any of them registers the turn with the store's signals
+(docs/lifecycle.md, *Cancel*).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from uuid import UUID
 from turnstore._compat_sync import Task, sleep, spawn, wait_tasks
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
+from turnstore.signals import FinalizeSignals, FinalizeSignalSource
 from turnstore.sync.repository import RunnerT, TurnStore
 from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import check_callable, check_instance, check_uuid
@@ -36,6 +44,9 @@ class KeepAlive(Generic[RunnerT]):
     interval, however many chunks arrive or tasks touch at once. Each write commits on its
     own (the watchdog must see it at once), outside any host transaction. On exit the
     background task is cancelled and awaited; an exception from the body propagates.
+
+    ``finalized``, ``is_over`` and ``wait_finalized()`` tell the stream that the turn is
+    no longer running, as soon as the store learns it (see the module docstring).
     """
 
     def __init__(
@@ -64,15 +75,58 @@ class KeepAlive(Generic[RunnerT]):
         self._writes = 0
         self._task: Task[None] | None = None
         self._telemetry = telemetry
+        self._finalized = threading.Event()
+        self._signals: FinalizeSignals | None = None
+        self._watched = False
 
     @property
     def turn_id(self) -> UUID:
+        """The turn this keep-alive keeps alive."""
         return self._turn_id
 
     @property
     def running(self) -> bool:
-        """False once a write found the turn no longer running (finalized elsewhere)."""
-        return self._running
+        """False once the turn is known to be no longer running: a write found it so, or
+        (after ``finalized`` was first used) the store signalled its finalize."""
+        return self._running and (not self._finalized.is_set())
+
+    @property
+    def finalized(self) -> threading.Event:
+        """Set once the turn is no longer running (finalized anywhere, or gone).
+
+        The first use registers the turn with the store's finalize signals; a stream loop
+        can then check ``finalized.is_set()`` per chunk, or race ``finalized.wait()``
+        against the provider. A store without finalize signals sets it only when a write
+        finds the turn over.
+        """
+        self._watch()
+        return self._finalized
+
+    @property
+    def is_over(self) -> bool:
+        """``finalized.is_set()``: whether the stream should stop, without a write."""
+        self._watch()
+        return self._finalized.is_set()
+
+    def wait_finalized(self) -> None:
+        """Return once the turn is no longer running (see ``finalized``)."""
+        self._watch()
+        self._finalized.wait()
+
+    def _watch(self) -> None:
+        if self._watched:
+            return
+        self._watched = True
+        if not self._running:
+            self._finalized.set()
+        elif isinstance(self._store, FinalizeSignalSource):
+            self._signals = self._store.finalize_signals()
+            self._signals.watch(self._turn_id, self._finalized)
+
+    def _unwatch(self) -> None:
+        signals, self._signals = (self._signals, None)
+        if signals is not None:
+            signals.unwatch(self._turn_id, self._finalized)
 
     @property
     def writes(self) -> int:
@@ -93,7 +147,9 @@ class KeepAlive(Generic[RunnerT]):
         self.stop()
 
     def stop(self) -> None:
-        """Stop the background refresh and wait for it; idempotent."""
+        """Stop the background refresh and wait for it, and stop watching for the
+        finalize; idempotent."""
+        self._unwatch()
         task, self._task = (self._task, None)
         if task is None:
             return
@@ -109,9 +165,9 @@ class KeepAlive(Generic[RunnerT]):
         ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
         user, or failed by the watchdog). A write error propagates to the caller.
         """
-        if self._running and self._due(self._clock()):
+        if self.running and self._due(self._clock()):
             self._write()
-        return self._running
+        return self.running
 
     def _due(self, now: float) -> bool:
         last = self._last_write
@@ -120,7 +176,7 @@ class KeepAlive(Generic[RunnerT]):
     def _write(self) -> None:
         with self._lock:
             now = self._clock()
-            if not self._running or not self._due(now):
+            if not self.running or not self._due(now):
                 return
             previous, self._last_write = (self._last_write, now)
             try:
@@ -136,10 +192,11 @@ class KeepAlive(Generic[RunnerT]):
             self._telemetry.keep_alive_write(rows != 0)
             if rows == 0:
                 self._running = False
+                self._finalized.set()
 
     def _heartbeat(self) -> None:
         interval = self._settings.interval_secs
-        while self._running:
+        while self.running:
             last = self._last_write
             delay = interval if last is None else last + interval - self._clock()
             if delay > 0:

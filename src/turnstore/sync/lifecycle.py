@@ -140,14 +140,17 @@ class TurnLifecycle(Generic[RunnerT]):
 
     @property
     def store(self) -> TurnStore[RunnerT]:
+        """The store every operation runs on."""
         return self._store
 
     @property
     def turns(self) -> TurnRepository[RunnerT]:
+        """The store's repository."""
         return self._store.turns
 
     @property
     def keep_alive_settings(self) -> KeepAliveSettings:
+        """The settings ``keep_alive`` uses unless given others."""
         return self._keep_alive
 
     @property

@@ -26,7 +26,7 @@ from turnstore import rules
 from turnstore._compat_sync import Monitor, Waiter, wait_waiter
 from turnstore.clock import Clock
 from turnstore.memory.database import _Key, _latest_key, _orphan_key
-from turnstore.model import CreateTurnParams, Turn
+from turnstore.model import CreateTurnParams, Turn, TurnState
 from turnstore.scope import AccessScope
 
 __all__ = ["ChatKey", "Database", "Row", "Transaction", "chat_key"]
@@ -117,6 +117,7 @@ class Database:
         self.chat_locks: dict[ChatKey, Transaction] = {}
         self.wait_seq = 0
         self.monitor = Monitor()
+        self.on_finalized: Callable[[UUID], None] | None = None
 
     @staticmethod
     def visible(txn: Transaction, row: Row | None) -> Turn | None:
@@ -142,7 +143,18 @@ class Database:
             old, row.committed, row.pending, row.writer = (row.committed, new, None, None)
             self._reindex_committed(old, new)
             self._refresh_running(turn_id, new, row)
+            self._announce(old, new)
         self._release(txn)
+
+    def _announce(self, old: Turn | None, new: Turn) -> None:
+        """Tell ``on_finalized`` of a committed ``running -> terminal`` transition."""
+        if (
+            self.on_finalized is not None
+            and old is not None
+            and (old.state is TurnState.RUNNING)
+            and (new.state is not TurnState.RUNNING)
+        ):
+            self.on_finalized(new.id)
 
     def autocommit_insert(self, turn: Turn) -> None:
         """Insert and commit ``turn`` at once: an INSERT in a transaction of its own that
@@ -165,6 +177,7 @@ class Database:
         self._reindex_committed(old, new)
         if rules.holds_running_slot(old) is not rules.holds_running_slot(new):
             self._refresh_running(new.id, new, row)
+        self._announce(old, new)
 
     def rollback(self, txn: Transaction) -> None:
         for turn_id in txn.written:

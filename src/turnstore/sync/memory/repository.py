@@ -63,6 +63,8 @@ class InMemoryTurnRepository:
     def create_turn(
         self, runner: InMemoryConnection, scope: AccessScope, params: CreateTurnParams
     ) -> Turn:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.create_turn][]."""
         check_instance("params", params, CreateTurnParams)
         check_scope(scope)
         if (denied := rules.insert_refusal(params, permitted=scope.permits(params))) is not None:
@@ -115,6 +117,8 @@ class InMemoryTurnRepository:
         chat_id: UUID,
         request_id: UUID,
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_by_chat_and_request_id][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
@@ -127,6 +131,8 @@ class InMemoryTurnRepository:
     def find_running_by_chat_id(
         self, runner: InMemoryConnection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_running_by_chat_id][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_scope(scope)
@@ -137,6 +143,8 @@ class InMemoryTurnRepository:
     def cas_update_state(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_state][]."""
         check_instance("params", params, CasTerminalParams)
         check_scope(scope)
         return _update_count(
@@ -162,6 +170,8 @@ class InMemoryTurnRepository:
     def cas_update_completed(
         self, runner: InMemoryConnection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_completed][]."""
         check_instance("params", params, CasCompleteParams)
         check_scope(scope)
         return _update_count(
@@ -187,6 +197,8 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         assistant_message_id: UUID,
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.set_assistant_message_id][]."""
         check_uuid("turn_id", turn_id)
         check_uuid("assistant_message_id", assistant_message_id)
         check_scope(scope)
@@ -207,6 +219,8 @@ class InMemoryTurnRepository:
         turn_id: UUID,
         replaced_by_request_id: UUID | None,
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.soft_delete][]."""
         check_uuid("turn_id", turn_id)
         check_optional_uuid("replaced_by_request_id", replaced_by_request_id)
         check_scope(scope)
@@ -226,6 +240,8 @@ class InMemoryTurnRepository:
     def find_latest_turn(
         self, runner: InMemoryConnection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_latest_turn][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_scope(scope)
@@ -235,6 +251,8 @@ class InMemoryTurnRepository:
     def update_progress_at(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_progress_at][]."""
         check_uuid("turn_id", turn_id)
         check_scope(scope)
         return _update_count(
@@ -248,6 +266,8 @@ class InMemoryTurnRepository:
     def find_orphan_candidates(
         self, runner: InMemoryConnection, timeout_secs: int, limit: int
     ) -> list[Turn]:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_orphan_candidates][]."""
         validate_orphan_args(timeout_secs, limit)
         with statement(runner) as (db, txn):
             now = db.clock.now()
@@ -256,6 +276,8 @@ class InMemoryTurnRepository:
     def cas_finalize_orphan(
         self, runner: InMemoryConnection, turn_id: UUID, timeout_secs: int
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_finalize_orphan][]."""
         check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
         return _update_count(
@@ -298,6 +320,8 @@ class InMemoryTurnRepository:
     def update_preflight_fields(
         self, runner: InMemoryConnection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_preflight_fields][]."""
         check_instance("params", params, UpdatePreflightParams)
         check_scope(scope)
         fields = params.model_dump(exclude={"turn_id"})
@@ -312,6 +336,8 @@ class InMemoryTurnRepository:
     def increment_tool_calls(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.increment_tool_calls][]."""
         check_uuid("turn_id", turn_id)
         counter = rules.check_tool(tool).column
         check_scope(scope)

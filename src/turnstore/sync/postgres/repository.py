@@ -171,6 +171,8 @@ class PostgresTurnRepository:
         return cur.rowcount
 
     def create_turn(self, runner: Connection, scope: AccessScope, params: CreateTurnParams) -> Turn:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.create_turn][]."""
         check_instance("params", params, CreateTurnParams)
         compiled = self._compiled(scope)
         refusal = rules.insert_refusal(params, permitted=scope.permits(params))
@@ -235,6 +237,8 @@ class PostgresTurnRepository:
         chat_id: UUID,
         request_id: UUID,
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_by_chat_and_request_id][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_uuid("request_id", request_id)
@@ -244,6 +248,8 @@ class PostgresTurnRepository:
     def find_running_by_chat_id(
         self, runner: Connection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_running_by_chat_id][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         return self._one(runner, self._find_running, scope, (tenant_id, chat_id))
@@ -251,6 +257,8 @@ class PostgresTurnRepository:
     def cas_update_state(
         self, runner: Connection, scope: AccessScope, params: CasTerminalParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_state][]."""
         check_instance("params", params, CasTerminalParams)
         head = (
             params.state.value,
@@ -265,6 +273,8 @@ class PostgresTurnRepository:
     def cas_update_completed(
         self, runner: Connection, scope: AccessScope, params: CasCompleteParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_update_completed][]."""
         check_instance("params", params, CasCompleteParams)
         head = (params.assistant_message_id, params.provider_response_id, params.turn_id)
         return self._count(runner, self._cas_completed, scope, head)
@@ -272,6 +282,8 @@ class PostgresTurnRepository:
     def set_assistant_message_id(
         self, runner: Connection, scope: AccessScope, turn_id: UUID, assistant_message_id: UUID
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.set_assistant_message_id][]."""
         check_uuid("turn_id", turn_id)
         check_uuid("assistant_message_id", assistant_message_id)
         head = (assistant_message_id, turn_id)
@@ -285,6 +297,8 @@ class PostgresTurnRepository:
         turn_id: UUID,
         replaced_by_request_id: UUID | None,
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.soft_delete][]."""
         check_uuid("turn_id", turn_id)
         check_optional_uuid("replaced_by_request_id", replaced_by_request_id)
         head = (replaced_by_request_id, turn_id)
@@ -294,17 +308,23 @@ class PostgresTurnRepository:
     def find_latest_turn(
         self, runner: Connection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_latest_turn][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         return self._one(runner, self._find_latest, scope, (tenant_id, chat_id))
 
     def update_progress_at(self, runner: Connection, scope: AccessScope, turn_id: UUID) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_progress_at][]."""
         check_uuid("turn_id", turn_id)
         return self._count(runner, self._update_progress, scope, (turn_id,))
 
     def find_orphan_candidates(
         self, runner: Connection, timeout_secs: int, limit: int
     ) -> list[Turn]:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.find_orphan_candidates][]."""
         validate_orphan_args(timeout_secs, limit)
         with driver_errors:
             cur = runner.cursor(row_factory=_turn_rows)
@@ -312,6 +332,8 @@ class PostgresTurnRepository:
             return cur.fetchall()
 
     def cas_finalize_orphan(self, runner: Connection, turn_id: UUID, timeout_secs: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.cas_finalize_orphan][]."""
         check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
         with driver_errors:
@@ -367,6 +389,8 @@ class PostgresTurnRepository:
     def update_preflight_fields(
         self, runner: Connection, scope: AccessScope, params: UpdatePreflightParams
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.update_preflight_fields][]."""
         check_instance("params", params, UpdatePreflightParams)
         head = (
             params.reserve_tokens,
@@ -382,6 +406,8 @@ class PostgresTurnRepository:
     def increment_tool_calls(
         self, runner: Connection, scope: AccessScope, turn_id: UUID, tool: ToolCallType
     ) -> None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.increment_tool_calls][]."""
         check_uuid("turn_id", turn_id)
         statement = self._increment[rules.check_tool(tool)]
         self._count(runner, statement, scope, (turn_id,))
