@@ -93,12 +93,14 @@ class StartKind(str, Enum):
 
 class RejectReason(str, Enum):
     """Why ``begin_turn`` refused to start a turn (docs/lifecycle.md, *Why a start is
-    refused*).
+    refused*), in the order the start decides.
 
-    - ``request_id_conflict``: the request id is taken by a turn that is not a completed,
-      non-deleted one (running, failed, cancelled or deleted), or by a turn outside the
-      caller's scope; decided before ``generation_in_progress``, so a resend of a request
-      still running gets this, with that running turn.
+    - ``request_fingerprint_mismatch``: the request id's turn was started with another
+      request fingerprint (the same key for another request body).
+    - ``request_in_progress``: the request id's turn is still running: a resend of a
+      request not finished yet; retrying later helps.
+    - ``request_id_conflict``: the request id is taken by a turn that cannot be replayed
+      (failed, cancelled, deleted, or outside the caller's scope): a genuine key conflict.
     - ``generation_in_progress``: the request id is new, but another turn of the chat is
       running; ``StartOutcome.running_turn_id`` names it when known.
     """
@@ -321,6 +323,7 @@ class TurnLifecycle(Generic[RunnerT]):
 
     @property
     def telemetry(self) -> Telemetry:
+        """Where this lifecycle reports spans and metrics (docs/telemetry.md)."""
         return self._telemetry
 
     def _on(self, runner: RunnerT | None, *, atomic: bool) -> AbstractAsyncContextManager[RunnerT]:

@@ -161,9 +161,18 @@ RequestFingerprint = Annotated[
 
 _PARAMS_CONFIG = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False, strict=True)
 
+
+def _enum_text(value: object) -> object:
+    """An enum field takes a member or its exact ``str`` value, never bytes or a number
+    (pydantic's lax mode would decode ``b"failed"``)."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be one of the enum's string values, got {type(value).__name__}")
+    return value
+
+
 # Enums may be given by value: a closed set of strings, nothing is coerced.
-_RequesterTypeField = Annotated[RequesterType, Field(strict=False)]
-_StateField = Annotated[TurnState, Field(strict=False)]
+_RequesterTypeField = Annotated[RequesterType, Field(strict=False), BeforeValidator(_enum_text)]
+_StateField = Annotated[TurnState, Field(strict=False), BeforeValidator(_enum_text)]
 
 PREFLIGHT_FIELDS: tuple[str, ...] = (
     "reserve_tokens",

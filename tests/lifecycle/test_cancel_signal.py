@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from lifecycle_support import Chat
+from turnstore.errors import TurnNotFoundError
 from turnstore.lifecycle import StartKind, TurnLifecycle
 from turnstore.model import CasTerminalParams, Turn, TurnState
 from turnstore.postgres import PostgresStore
@@ -147,9 +148,11 @@ async def test_a_rolled_back_or_losing_finalize_signals_nothing(
 
         with pytest.raises(Undo):
             await cancel_then_roll_back()
-        # A CAS that loses: the turn is out of this scope, so no row matches.
+        # A CAS that changes nothing: the turn is out of this scope, so no row matches
+        # (and the lifecycle answers "not found").
         other_tenant = AccessScope.for_tenant(uuid.uuid4())
-        assert not (await lc.cancel_turn(other_tenant, turn)).won
+        with pytest.raises(TurnNotFoundError):
+            await lc.cancel_turn(other_tenant, turn)
         assert await stays_unset(ka.finalized)
         assert ka.running
         # The turn still runs, and a real cancel still gets through.

@@ -119,8 +119,7 @@ async def test_a_changed_migration_is_refused_and_reported_by_check(
 
     assert await run_cli("migrate", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
     err = capsys.readouterr().err
-    versions = [m.version for m in migration_files()]
-    assert err.startswith(f"turnstore: error: applied migration(s) {versions}")
+    assert err.startswith("turnstore: error: applied migration(s) [1] ")
     assert err.count("\n") == 1
 
 

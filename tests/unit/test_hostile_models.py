@@ -412,3 +412,10 @@ def test_the_command_line_refuses_hostile_arguments_with_one_line_and_exit_2(
     capsys.readouterr()
     count_input()
     assert_usage_error(main(argv), capsys)
+
+
+@pytest.mark.parametrize("value", [b"failed", bytearray(b"failed"), 3])
+def test_an_enum_field_takes_its_string_value_only(value: object) -> None:
+    """Found by the property test: lax pydantic decoded ``b"failed"`` into a state."""
+    with pytest.raises(pydantic.ValidationError):
+        CasTerminalParams(turn_id=uuid4(), state=value, error_code="x")

@@ -395,6 +395,8 @@ class InMemoryTurnRepository:
     async def get_turn(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.get_turn][]."""
         check_uuid("turn_id", turn_id)
         check_scope(scope)
         async with statement(runner) as (db, txn):
@@ -412,6 +414,8 @@ class InMemoryTurnRepository:
         before: str | None = None,
         include_deleted: bool = False,
     ) -> TurnPage:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.list_turns][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_page_limit(limit)
@@ -436,6 +440,8 @@ class InMemoryTurnRepository:
     async def purge_turns(
         self, runner: InMemoryConnection, older_than_secs: int, limit: int
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.purge_turns][]."""
         validate_retention_args(older_than_secs, limit)
         async with statement(runner) as (db, txn):
             now = db.clock.now()
@@ -449,6 +455,8 @@ class InMemoryTurnRepository:
             return len(batch)
 
     async def count_purgeable(self, runner: InMemoryConnection, older_than_secs: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.count_purgeable][]."""
         validate_retention_args(older_than_secs)
         async with statement(runner) as (db, txn):
             return len(db.purge_candidates(txn, db.clock.now(), older_than_secs))
@@ -456,6 +464,8 @@ class InMemoryTurnRepository:
     async def erase_tenant_turns(
         self, runner: InMemoryConnection, tenant_id: UUID, limit: int
     ) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.erase_tenant_turns][]."""
         check_uuid("tenant_id", tenant_id)
         validate_retention_args(None, limit)
         async with statement(runner) as (db, txn):
@@ -472,6 +482,8 @@ class InMemoryTurnRepository:
             return erased
 
     async def count_tenant_turns(self, runner: InMemoryConnection, tenant_id: UUID) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.count_tenant_turns][]."""
         check_uuid("tenant_id", tenant_id)
         async with statement(runner) as (db, txn):
             return sum(

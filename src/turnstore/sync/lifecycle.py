@@ -155,6 +155,7 @@ class TurnLifecycle(Generic[RunnerT]):
 
     @property
     def telemetry(self) -> Telemetry:
+        """Where this lifecycle reports spans and metrics (docs/telemetry.md)."""
         return self._telemetry
 
     def _on(self, runner: RunnerT | None, *, atomic: bool) -> AbstractContextManager[RunnerT]:

@@ -352,6 +352,8 @@ class InMemoryTurnRepository:
     def get_turn(
         self, runner: InMemoryConnection, scope: AccessScope, turn_id: UUID
     ) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.get_turn][]."""
         check_uuid("turn_id", turn_id)
         check_scope(scope)
         with statement(runner) as (db, txn):
@@ -369,6 +371,8 @@ class InMemoryTurnRepository:
         before: str | None = None,
         include_deleted: bool = False,
     ) -> TurnPage:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.list_turns][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_page_limit(limit)
@@ -389,6 +393,8 @@ class InMemoryTurnRepository:
             return page_of([_copy(t) for t in found[: limit + 1]], limit)
 
     def purge_turns(self, runner: InMemoryConnection, older_than_secs: int, limit: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.purge_turns][]."""
         validate_retention_args(older_than_secs, limit)
         with statement(runner) as (db, txn):
             now = db.clock.now()
@@ -402,11 +408,15 @@ class InMemoryTurnRepository:
             return len(batch)
 
     def count_purgeable(self, runner: InMemoryConnection, older_than_secs: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.count_purgeable][]."""
         validate_retention_args(older_than_secs)
         with statement(runner) as (db, txn):
             return len(db.purge_candidates(txn, db.clock.now(), older_than_secs))
 
     def erase_tenant_turns(self, runner: InMemoryConnection, tenant_id: UUID, limit: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.erase_tenant_turns][]."""
         check_uuid("tenant_id", tenant_id)
         validate_retention_args(None, limit)
         with statement(runner) as (db, txn):
@@ -422,6 +432,8 @@ class InMemoryTurnRepository:
             return erased
 
     def count_tenant_turns(self, runner: InMemoryConnection, tenant_id: UUID) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.count_tenant_turns][]."""
         check_uuid("tenant_id", tenant_id)
         with statement(runner) as (db, txn):
             return sum(

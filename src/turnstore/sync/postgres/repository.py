@@ -413,6 +413,8 @@ class PostgresTurnRepository:
         self._count(runner, statement, scope, (turn_id,))
 
     def get_turn(self, runner: Connection, scope: AccessScope, turn_id: UUID) -> Turn | None:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.get_turn][]."""
         check_uuid("turn_id", turn_id)
         return self._one(runner, self._get_turn, scope, (turn_id,))
 
@@ -427,6 +429,8 @@ class PostgresTurnRepository:
         before: str | None = None,
         include_deleted: bool = False,
     ) -> TurnPage:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.list_turns][]."""
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
         check_page_limit(limit)
@@ -443,16 +447,22 @@ class PostgresTurnRepository:
         return page_of(rows, limit)
 
     def purge_turns(self, runner: Connection, older_than_secs: int, limit: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.purge_turns][]."""
         validate_retention_args(older_than_secs, limit)
         with driver_errors:
             cur = runner.execute(self._purge, (older_than_secs, limit))
         return cur.rowcount
 
     def count_purgeable(self, runner: Connection, older_than_secs: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.count_purgeable][]."""
         validate_retention_args(older_than_secs)
         return self._scalar(runner, self._count_purgeable, (older_than_secs,))
 
     def erase_tenant_turns(self, runner: Connection, tenant_id: UUID, limit: int) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.erase_tenant_turns][]."""
         check_uuid("tenant_id", tenant_id)
         validate_retention_args(None, limit)
         with driver_errors:
@@ -460,6 +470,8 @@ class PostgresTurnRepository:
         return cur.rowcount
 
     def count_tenant_turns(self, runner: Connection, tenant_id: UUID) -> int:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.count_tenant_turns][]."""
         check_uuid("tenant_id", tenant_id)
         return self._scalar(runner, self._count_tenant, (tenant_id,))
 
