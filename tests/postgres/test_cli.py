@@ -16,10 +16,20 @@ from cli_support import run_cli, run_subprocess
 from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR
 from turnstore.embedded import temporary_database
 from turnstore.model import CreateTurnParams, RequesterType, Turn, TurnState
-from turnstore.postgres import PostgresStore, advisory_lock_key, check_schema, migrate
+from turnstore.postgres import (
+    WATCHDOG_LEASE_NAME,
+    PostgresStore,
+    check_schema,
+    migrate,
+    migration_files,
+)
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import PostgresHarness
+
+#: Every migration version, as the CLI and the schema errors list them.
+VERSIONS = [m.version for m in migration_files()]
+ALL = ", ".join(f"{v:04d}" for v in VERSIONS)
 
 
 @pytest.fixture
@@ -42,7 +52,9 @@ async def test_migrate_applies_then_reports_up_to_date(
     empty_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await run_cli("migrate", "--dsn", empty_dsn) == 0
-    assert capsys.readouterr().out == "applied 0001_create_chat_turns to schema 'turnstore'\n"
+    assert capsys.readouterr().out == "".join(
+        f"applied {m.version:04d}_{m.name} to schema 'turnstore'\n" for m in migration_files()
+    )
     async with await psycopg.AsyncConnection.connect(empty_dsn) as conn:
         assert (await check_schema(conn)).current
 
@@ -84,7 +96,7 @@ async def test_check_fails_on_an_empty_database_and_creates_nothing(
 ) -> None:
     before = await schemas(empty_dsn)
     assert await run_cli("migrate", "--check", "--dsn", empty_dsn) == EXIT_STORE_ERROR
-    assert capsys.readouterr().out == "schema 'turnstore' is not current (pending: 0001)\n"
+    assert capsys.readouterr().out == f"schema 'turnstore' is not current (pending: {ALL})\n"
     assert await schemas(empty_dsn) == before
 
 
@@ -92,7 +104,7 @@ async def test_check_passes_on_a_migrated_database(
     turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await run_cli("migrate", "--check", "--dsn", turnstore_pg_dsn) == 0
-    assert capsys.readouterr().out == "schema 'turnstore' is current (applied: 0001)\n"
+    assert capsys.readouterr().out == f"schema 'turnstore' is current (applied: {ALL})\n"
 
 
 async def test_a_changed_migration_is_refused_and_reported_by_check(
@@ -102,11 +114,11 @@ async def test_a_changed_migration_is_refused_and_reported_by_check(
         await conn.execute("UPDATE turnstore.schema_migrations SET checksum = 'edited'")
 
     assert await run_cli("migrate", "--check", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
-    assert "changed since applied: 0001" in capsys.readouterr().out
+    assert f"changed since applied: {ALL}" in capsys.readouterr().out
 
     assert await run_cli("migrate", "--dsn", turnstore_pg_dsn) == EXIT_STORE_ERROR
     err = capsys.readouterr().err
-    assert err.startswith("turnstore: error: applied migration(s) [1]")
+    assert err.startswith(f"turnstore: error: applied migration(s) {VERSIONS}")
     assert err.count("\n") == 1
 
 
@@ -321,7 +333,12 @@ async def test_sweep_does_nothing_while_another_watchdog_leads(
     turn = await create(pg_store, "chat")
     await PostgresHarness(pg_store).advance_time(400)
     async with await psycopg.AsyncConnection.connect(turnstore_pg_dsn, autocommit=True) as leader:
-        await leader.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_key("turnstore"),))
+        # Another watchdog's lease, valid for an hour.
+        await leader.execute(
+            "INSERT INTO turnstore.watchdog_leases (name, holder, expires_at)"
+            " VALUES (%s, gen_random_uuid(), clock_timestamp() + interval '1 hour')",
+            (WATCHDOG_LEASE_NAME,),
+        )
         assert await run_cli("sweep", "--once", "--dsn", turnstore_pg_dsn) == 0
     assert capsys.readouterr().out == (
         "another watchdog is sweeping schema 'turnstore' right now; nothing was done\n"
@@ -334,7 +351,7 @@ async def test_sweep_refuses_a_schema_that_is_not_migrated(
 ) -> None:
     assert await run_cli("sweep", "--once", "--dsn", empty_dsn) == EXIT_STORE_ERROR
     assert capsys.readouterr().err == (
-        "turnstore: error: schema 'turnstore' is not current (pending: 0001); "
+        f"turnstore: error: schema 'turnstore' is not current (pending: {ALL}); "
         "run 'turnstore migrate'\n"
     )
 
@@ -342,7 +359,7 @@ async def test_sweep_refuses_a_schema_that_is_not_migrated(
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ("DELETE FROM turnstore.schema_migrations", "pending: 0001"),
+        ("DELETE FROM turnstore.schema_migrations", f"pending: {ALL}"),
         (
             "INSERT INTO turnstore.schema_migrations (version, name, checksum)"
             " VALUES (9999, 'future', 'x')",

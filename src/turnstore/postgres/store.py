@@ -1,8 +1,9 @@
 """``PostgresStore``: a ``TurnStore`` over a psycopg-pool ``AsyncConnectionPool``.
 
 It hands out pooled connections in autocommit or inside a transaction, runs the schema's
-migrations and checks, and builds the watchdog's leader election (an advisory lock held
-on a dedicated connection opened the way the store's own connections are).
+migrations and checks, and builds the watchdog's leader election (a lease row taken through
+the store's own connections; or, on request, an advisory lock held on a dedicated connection
+opened the way the store's own connections are).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from turnstore.postgres.election import (
     leader_connection_kwargs,
 )
 from turnstore.postgres.errors import driver_errors, raise_translated
+from turnstore.postgres.lease import LeaseElection
 from turnstore.postgres.migrations import SchemaStatus, check_schema, migrate
 from turnstore.postgres.repository import PostgresTurnRepository
 from turnstore.postgres.statements import DEFAULT_SCHEMA
@@ -200,10 +202,18 @@ class PostgresStore:
         status.require_current(self.schema)
         return status
 
-    def leader_election(self) -> AdvisoryLockElection:
+    def leader_election(self) -> LeaseElection:
+        """A new lease election for this schema's watchdog (``LeaseElection``, default
+        timings): a row of ``watchdog_leases`` taken and renewed through this store's own
+        connections, so it holds behind a transaction-pooling PgBouncer as well."""
+        return LeaseElection(self.connection, self.schema)
+
+    def advisory_lock_election(self) -> AdvisoryLockElection:
         """A new advisory-lock election for this schema's watchdog (``advisory_lock_key``).
 
-        Its dedicated connection is opened from the store's DSN, or, for a host's pool, from
+        Session-bound: leadership is a lock of one server session, so use it only over
+        direct connections, never through a transaction-pooling pooler. Its dedicated
+        connection is opened from the store's DSN, or, for a host's pool, from
         the pool's conninfo and connection kwargs (see ``leader_connection_kwargs``). A pool
         whose conninfo or kwargs are callables gives nothing to open it from: then
         ``InvalidParameterError``, and the host passes its own election to the watchdog.
