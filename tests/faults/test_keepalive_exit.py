@@ -40,11 +40,6 @@ async def _cancel_leftover_heartbeats() -> int:
     return len(leftovers)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KeepAlive.stop() relies on one task.cancel(), which psycopg-pool's wait for a "
-    "connection can swallow (Python 3.11): the heartbeat runs on and the exit hangs",
-)
 async def test_forty_keep_alives_on_a_pool_of_two_all_exit(fault_db: FaultDatabase) -> None:
     store = await PostgresStore.open(fault_db.dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
     async with store:
