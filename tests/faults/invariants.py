@@ -74,7 +74,7 @@ async def assert_clean(store: PostgresStore, dsn: str, *, settle_secs: float = 1
             if not any(found.values()) or loop.time() > deadline:
                 break
             await asyncio.sleep(0.1)
-    assert not any(found.values()), found
+    assert not any(found.values()), (found, store.pool.get_stats())
 
 
 def assert_typed(errors: list[BaseException]) -> None:

@@ -8,6 +8,7 @@ opened the way the store's own connections are).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
@@ -32,6 +33,16 @@ __all__ = ["PostgresStore"]
 
 Connection = psycopg.AsyncConnection[Any]
 Pool = psycopg_pool.AsyncConnectionPool[Any]
+
+
+async def _give_back(pool: Pool, conn: Connection) -> None:
+    """Return ``conn`` to ``pool``, even if the caller is cancelled meanwhile.
+
+    ``putconn`` awaits (a rollback, the pool's lock); a cancellation landing there (a
+    task cancelled twice: once in its body, again while it cleans up) would lose the
+    connection for good. Shielded, the return finishes in the background.
+    """
+    await asyncio.shield(pool.putconn(conn))
 
 
 class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
@@ -61,7 +72,7 @@ class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
                 with driver_errors:
                     await conn.set_autocommit(True)
             except BaseException:
-                await pool.putconn(conn)
+                await _give_back(pool, conn)
                 raise
             self._switched = True
         self._conn = conn
@@ -79,7 +90,7 @@ class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
                 with driver_errors:
                     await conn.set_autocommit(False)
         finally:
-            await self._pool.putconn(conn)
+            await _give_back(self._pool, conn)
 
 
 class PostgresStore:
@@ -182,7 +193,7 @@ class PostgresStore:
                 async with conn.transaction():
                     yield conn
         finally:
-            await self._pool.putconn(conn)
+            await _give_back(self._pool, conn)
 
     async def migrate(self) -> None:
         """Apply pending migrations to this store's schema (see ``migrate``)."""
