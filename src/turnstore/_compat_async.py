@@ -14,7 +14,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeAlias, TypeVar
 
+from turnstore._tasks import cancel_until_done as _cancel_until_done
+
 __all__ = [
+    "shield",
+    "cancel_until_done",
     "LOOP_IS_MONITOR",
     "CancelledError",
     "Event",
@@ -115,3 +119,15 @@ class Monitor:
 async def wait_waiter(waiter: asyncio.Future[None]) -> None:
     """Wait for ``waiter`` to be set; raises the exception it was set with."""
     await waiter
+
+
+async def cancel_until_done(task: asyncio.Task[Any], *, total_secs: float) -> bool:
+    """Cancel ``task`` until it is done, for at most ``total_secs``; whether it is done
+    (``turnstore._tasks.cancel_until_done``)."""
+    return await _cancel_until_done(task, total_secs=total_secs)
+
+
+async def shield(awaitable: Awaitable[T]) -> T:
+    """Finish ``awaitable`` even if the caller is cancelled meanwhile (``asyncio.shield``;
+    the sync twin has nothing to shield)."""
+    return await asyncio.shield(awaitable)

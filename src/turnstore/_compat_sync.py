@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 __all__ = [
+    "shield",
+    "cancel_until_done",
     "LOOP_IS_MONITOR",
     "CancelledError",
     "Event",
@@ -206,3 +208,16 @@ def wait_waiter(waiter: Waiter) -> None:
     waiter._condition.wait_for(waiter.done)
     if waiter._exception is not None:
         raise waiter._exception
+
+
+def cancel_until_done(task: Task[Any], *, total_secs: float) -> bool:
+    """Ask ``task`` to stop (it stops at its next ``sleep``) and wait for it, at most
+    ``total_secs``; whether it is done."""
+    task.cancel()
+    wait_tasks([task], total_secs)
+    return task.done()
+
+
+def shield(value: T) -> T:
+    """The sync twin of the async ``shield``: a thread is not cancelled mid-call."""
+    return value

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Generic
 from uuid import UUID
 
-from turnstore._compat_async import Task, sleep, spawn, wait_tasks
+from turnstore._compat_async import Task, cancel_until_done, sleep, spawn
 from turnstore.repository import RunnerT, TurnStore
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
@@ -31,7 +31,12 @@ from turnstore.signals import FinalizeSignals, FinalizeSignalSource
 from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import check_callable, check_instance, check_uuid
 
-__all__ = ["KeepAlive"]
+__all__ = ["STOP_BOUND_SECS", "KeepAlive"]
+
+#: How long leaving ``keep_alive`` keeps cancelling a heartbeat that has not ended yet.
+#: The heartbeat also checks a stop flag before each write, so even one that outlives this
+#: bound writes nothing more.
+STOP_BOUND_SECS = 5.0
 
 # The logger keeps the name it had when keep-alive was part of the lifecycle module, so a
 # host's logging configuration for "turnstore.lifecycle" still covers it.
@@ -44,8 +49,13 @@ class KeepAlive(Generic[RunnerT]):
     Use as ``async with lifecycle.keep_alive(scope, turn.id) as ka:`` and ``await
     ka.touch()`` per chunk. Writes are coalesced: at most one ``update_progress_at`` per
     interval, however many chunks arrive or tasks touch at once. Each write commits on its
-    own (the watchdog must see it at once), outside any host transaction. On exit the
-    background task is cancelled and awaited; an exception from the body propagates.
+    own (the watchdog must see it at once), outside any host transaction.
+
+    The heartbeat writes only while the stream has touched within
+    ``settings.silence_limit_secs`` (counted from entering the block): a stream silent for
+    longer is left to become an orphan, until a ``touch()`` resumes the writes. On exit a
+    stop flag ends the writes and the background task is cancelled until it is done
+    (bounded by ``STOP_BOUND_SECS``); an exception from the body propagates.
 
     ``finalized``, ``is_over`` and ``wait_finalized()`` tell the stream that the turn is
     no longer running, as soon as the store learns it (see the module docstring).
@@ -73,6 +83,8 @@ class KeepAlive(Generic[RunnerT]):
         self._clock = clock
         self._lock = asyncio.Lock()
         self._last_write: float | None = None
+        self._last_touch = clock()
+        self._stopping = False
         self._running = True
         self._writes = 0
         self._task: Task[None] | None = None
@@ -135,7 +147,14 @@ class KeepAlive(Generic[RunnerT]):
         """How many ``update_progress_at`` calls this keep-alive has made."""
         return self._writes
 
+    @property
+    def silent(self) -> bool:
+        """Whether the stream has been silent too long for the heartbeat to vouch for it."""
+        return self._silent(self._clock())
+
     async def __aenter__(self) -> KeepAlive[RunnerT]:
+        self._stopping = False
+        self._last_touch = self._clock()
         if self._settings.heartbeat:
             self._task = spawn(self._heartbeat, name=f"turnstore-keep-alive-{self._turn_id}")
         return self
@@ -149,15 +168,27 @@ class KeepAlive(Generic[RunnerT]):
         await self.stop()
 
     async def stop(self) -> None:
-        """Stop the background refresh and wait for it, and stop watching for the
-        finalize; idempotent."""
+        """Stop the background refresh and wait for it, within ``STOP_BOUND_SECS``;
+        idempotent.
+
+        The stop flag goes up first (the heartbeat checks it before each write), then the
+        task is cancelled again and again until it is done: one cancellation can be
+        swallowed by a library call the heartbeat is waiting in (a pool's wait for a free
+        connection), and must not leave the heartbeat running.
+        """
+        self._stopping = True
         self._unwatch()
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        # ``wait`` rather than ``await task``: a cancellation of the caller still propagates.
-        await wait_tasks([task])
+        if not await cancel_until_done(task, total_secs=STOP_BOUND_SECS):
+            logger.warning(
+                "keep-alive heartbeat for turn %s still running %s s after stop; it "
+                "writes nothing more",
+                self._turn_id,
+                STOP_BOUND_SECS,
+            )
+            return
         if not task.cancelled() and (error := task.exception()) is not None:
             raise error
 
@@ -168,7 +199,9 @@ class KeepAlive(Generic[RunnerT]):
         ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
         user, or failed by the watchdog). A write error propagates to the caller.
         """
-        if self.running and self._due(self._clock()):
+        now = self._clock()
+        self._last_touch = now
+        if self.running and self._due(now):
             await self._write()
         return self.running
 
@@ -176,12 +209,17 @@ class KeepAlive(Generic[RunnerT]):
         last = self._last_write
         return last is None or now - last >= self._settings.interval_secs
 
-    async def _write(self) -> None:
+    def _silent(self, now: float) -> bool:
+        return now - self._last_touch >= self._settings.silence_limit_secs
+
+    async def _write(self, *, heartbeat: bool = False) -> None:
         async with self._lock:
             # Another touch may have written while this one waited for the lock. The
             # reading that decides is the one recorded: one clock read per write.
             now = self._clock()
             if not self.running or not self._due(now):
+                return
+            if heartbeat and (self._stopping or self._silent(now)):
                 return
             previous, self._last_write = self._last_write, now
             try:
@@ -189,6 +227,10 @@ class KeepAlive(Generic[RunnerT]):
                     "turnstore.keep_alive", {"turnstore.turn_id": self._turn_id}
                 ):
                     async with self._store.connection() as runner:
+                        if heartbeat and self._stopping:
+                            # Stopped while waiting for the connection: no write after stop.
+                            self._last_write = previous
+                            return
                         rows = await self._turns.update_progress_at(
                             runner, self._scope, self._turn_id
                         )
@@ -203,13 +245,29 @@ class KeepAlive(Generic[RunnerT]):
 
     async def _heartbeat(self) -> None:
         interval = self._settings.interval_secs
-        while self.running:
+        was_silent = False
+        while self.running and not self._stopping:
             last = self._last_write
             delay = interval if last is None else last + interval - self._clock()
             if delay > 0:
                 await sleep(delay)
+            if self._stopping:
+                return
+            silent = self._silent(self._clock())
+            if silent != was_silent:
+                was_silent = silent
+                if silent:
+                    logger.warning(
+                        "turn %s: no touch() for %s s; the heartbeat stops vouching for it",
+                        self._turn_id,
+                        self._settings.silence_limit_secs,
+                    )
+            if silent:
+                # Look again in an interval: a touch() meanwhile resumes the writes.
+                await sleep(interval)
+                continue
             try:
-                await self._write()
+                await self._write(heartbeat=True)
             except Exception:
                 logger.warning(
                     "keep-alive write for turn %s failed; retrying in %s s",

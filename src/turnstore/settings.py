@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from turnstore.validation import ExactBool, Number
 
 __all__ = [
+    "DEFAULT_MAX_SILENCE_FRACTION",
     "DEFAULT_ORPHAN_TIMEOUT_SECS",
     "MAX_ORPHAN_TIMEOUT_SECS",
     "MIN_ORPHAN_TIMEOUT_SECS",
@@ -29,6 +30,8 @@ __all__ = [
 MIN_ORPHAN_TIMEOUT_SECS = 60
 MAX_ORPHAN_TIMEOUT_SECS = 3600
 DEFAULT_ORPHAN_TIMEOUT_SECS = 300
+#: The longest silence a heartbeat vouches for, as a fraction of the orphan timeout.
+DEFAULT_MAX_SILENCE_FRACTION = 0.4
 
 #: An orphan timeout in whole seconds, validated to 60..3600.
 OrphanTimeoutSecs = Annotated[
@@ -54,15 +57,21 @@ class WatchdogSettings(BaseModel):
 
 
 class KeepAliveSettings(BaseModel):
-    """How often a stream refreshes ``last_progress_at``.
+    """How often a stream refreshes ``last_progress_at``, and for how long a silent stream
+    is still vouched for.
 
     ``interval_secs`` must be at most a third of ``orphan_timeout_secs`` (the watchdog's
     timeout), so that two writes in a row can be late or lost before the watchdog takes a
     live stream for an orphan. With ``heartbeat`` (the default) a background task writes
-    every interval even when no chunk arrives, so a model that thinks silently for minutes
-    is not failed; liveness then means "the process serving the stream is alive", and a
-    stalled provider must be caught by the host's own timeout. Without it, only ``touch()``
-    writes, and a stream that stops producing chunks becomes an orphan.
+    every interval even when no chunk arrives, so a model that thinks silently for a while
+    is not failed, but only for ``max_silence_secs`` after the last ``touch()`` (or after
+    the block was entered): then the heartbeat stops writing, so a provider call that never
+    returns leaves an orphan the watchdog reclaims; a later ``touch()`` resumes the writes
+    while the turn still runs. ``max_silence_secs`` left at ``None`` means 0.4 of the orphan
+    timeout (120 s for the default 300 s; ``silence_limit_secs`` gives the value in force);
+    it must lie between the interval and the timeout.
+    Without the heartbeat, only ``touch()`` writes, and a stream that stops producing
+    chunks becomes an orphan.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
@@ -70,6 +79,14 @@ class KeepAliveSettings(BaseModel):
     interval_secs: Number = Field(default=30.0, gt=0)
     orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
     heartbeat: ExactBool = True
+    max_silence_secs: Number | None = Field(default=None, gt=0)
+
+    @property
+    def silence_limit_secs(self) -> float:
+        """``max_silence_secs``, or by default 0.4 of the orphan timeout."""
+        if self.max_silence_secs is not None:
+            return self.max_silence_secs
+        return DEFAULT_MAX_SILENCE_FRACTION * self.orphan_timeout_secs
 
     @classmethod
     def for_watchdog(
@@ -78,14 +95,17 @@ class KeepAliveSettings(BaseModel):
         *,
         interval_secs: float | None = None,
         heartbeat: bool = True,
+        max_silence_secs: float | None = None,
     ) -> KeepAliveSettings:
         """Settings checked against the timeout the watchdog really uses, so the two cannot
-        drift apart; the interval defaults to a tenth of that timeout."""
+        drift apart; the interval defaults to a tenth of that timeout, the longest silence
+        to 0.4 of it."""
         timeout = watchdog.orphan_timeout_secs
         return cls(
             interval_secs=interval_secs if interval_secs is not None else timeout / 10,
             orphan_timeout_secs=timeout,
             heartbeat=heartbeat,
+            max_silence_secs=max_silence_secs,
         )
 
     @model_validator(mode="after")
@@ -94,5 +114,11 @@ class KeepAliveSettings(BaseModel):
             raise ValueError(
                 f"keep-alive interval ({self.interval_secs} s) must be at most a third of "
                 f"the orphan timeout ({self.orphan_timeout_secs} s)"
+            )
+        if not self.interval_secs <= self.silence_limit_secs < self.orphan_timeout_secs:
+            raise ValueError(
+                f"max_silence_secs ({self.silence_limit_secs} s) must be at least the "
+                f"keep-alive interval ({self.interval_secs} s) and below the orphan "
+                f"timeout ({self.orphan_timeout_secs} s)"
             )
         return self

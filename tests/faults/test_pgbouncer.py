@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 import psycopg_pool
 import pytest
 
@@ -19,7 +20,7 @@ from faults.cluster import PgBouncer
 from faults.conftest import FaultDatabase
 from faults.workload import run_turns
 from turnstore.lifecycle import TurnLifecycle
-from turnstore.postgres import PostgresStore
+from turnstore.postgres import AdvisoryLockElection, PostgresStore, advisory_lock_key
 from turnstore.watchdog import OrphanWatchdog
 
 pytestmark = pytest.mark.faults
@@ -105,25 +106,53 @@ async def test_migrate_from_five_tasks_through_pgbouncer_finishes(
         assert status.current
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the watchdog's leader election holds a session-level advisory lock, which "
-    "transaction pooling hands to whichever client next uses that server session",
-)
 async def test_two_watchdogs_through_pgbouncer_elect_exactly_one_leader(
     pgbouncer: PgBouncer, fault_db: FaultDatabase
 ) -> None:
+    """The store's default election (a lease row) holds behind transaction pooling: in
+    every one of 20 samples exactly one watchdog leads, and a stopped leader hands over."""
     async with (
         unprepared_store(fault_db.via(pgbouncer)) as first_store,
         unprepared_store(fault_db.via(pgbouncer)) as second_store,
     ):
         first, second = OrphanWatchdog(first_store), OrphanWatchdog(second_store)
         try:
-            for _ in range(5):
+            for _ in range(20):
                 won = await asyncio.wait_for(
                     asyncio.gather(first.elect(), second.elect()), timeout=30
                 )
                 assert won.count(True) == 1, f"leaders this round: {won}"
                 assert [first.is_leader, second.is_leader].count(True) == 1
+            leader, follower = (first, second) if first.is_leader else (second, first)
+            await asyncio.wait_for(leader.stop(), timeout=30)
+            assert await asyncio.wait_for(follower.elect(), timeout=30)
+            assert not await asyncio.wait_for(leader.elect(), timeout=30)
         finally:
             await asyncio.wait_for(asyncio.gather(first.stop(), second.stop()), timeout=30)
+
+
+async def test_the_advisory_lock_election_through_pgbouncer_elects_two_leaders(
+    pgbouncer: PgBouncer, fault_db: FaultDatabase
+) -> None:
+    """Why the lease is the default: the session-bound advisory-lock election, behind
+    transaction pooling, lets a second client share the leader's server session and its
+    re-entrant lock (a documented limitation: direct connections only)."""
+    key = advisory_lock_key(fault_db.schema)
+
+    async def connect() -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            fault_db.via(pgbouncer), autocommit=True, prepare_threshold=None
+        )
+
+    first = AdvisoryLockElection(connect, key)
+    second = AdvisoryLockElection(connect, key)
+    try:
+        both = 0
+        for _ in range(20):
+            won = await asyncio.wait_for(
+                asyncio.gather(first.acquire(), second.acquire()), timeout=30
+            )
+            both += won.count(True) == 2
+        assert both > 0, "expected the pooler to share the lock's session at least once"
+    finally:
+        await asyncio.wait_for(asyncio.gather(first.release(), second.release()), timeout=30)

@@ -25,6 +25,7 @@ from turnstore.memory import InMemoryStore
 from turnstore.model import Turn, TurnState
 from turnstore.postgres import (
     AdvisoryLockElection,
+    LeaseElection,
     PostgresStore,
     advisory_lock_key,
     leader_connection_kwargs,
@@ -157,9 +158,9 @@ def test_the_watchdog_imports_no_driver_and_no_backend() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-async def test_a_store_without_a_dsn_needs_an_explicit_election() -> None:
+async def test_a_store_without_a_dsn_needs_an_explicit_advisory_lock_election() -> None:
     """A host pool whose conninfo (or kwargs) is a callable gives the store nothing to open
-    the leader's connection from: the watchdog asks for an election of its own."""
+    the advisory-lock leader's connection from; the default lease election needs none."""
 
     async def conninfo() -> str:
         return ""
@@ -171,9 +172,11 @@ async def test_a_store_without_a_dsn_needs_an_explicit_election() -> None:
     for pool in pools:
         store = PostgresStore(pool)
         with pytest.raises(InvalidParameterError, match="election"):
-            store.leader_election()
+            store.advisory_lock_election()
         with pytest.raises(InvalidParameterError, match="election"):
-            OrphanWatchdog(store)
+            OrphanWatchdog(store, election=store.advisory_lock_election())
+        assert isinstance(store.leader_election(), LeaseElection)
+        assert isinstance(OrphanWatchdog(store).election, LeaseElection)
 
 
 async def test_each_store_builds_its_own_election(turnstore_pg_dsn: str) -> None:
@@ -183,7 +186,7 @@ async def test_each_store_builds_its_own_election(turnstore_pg_dsn: str) -> None
         psycopg_pool.AsyncConnectionPool("", open=False),
         schema="app_turns",
         dsn=turnstore_pg_dsn,
-    ).leader_election()
+    ).advisory_lock_election()
     # The database only in the pool's kwargs: advisory locks are per database, so an
     # election that ignored the kwargs would lock in another one and win beside from_dsn.
     params = conninfo_to_dict(turnstore_pg_dsn)
@@ -192,7 +195,7 @@ async def test_each_store_builds_its_own_election(turnstore_pg_dsn: str) -> None
     host_pool = psycopg_pool.AsyncConnectionPool(
         make_conninfo("", **params), kwargs={"dbname": dbname}, open=False
     )
-    from_pool = PostgresStore(host_pool, schema="app_turns").leader_election()
+    from_pool = PostgresStore(host_pool, schema="app_turns").advisory_lock_election()
     for election in (from_dsn, from_pool):
         assert isinstance(election, AdvisoryLockElection)
         assert election.key == key
@@ -494,9 +497,10 @@ async def leader_backend_pids(conn: psycopg.AsyncConnection[Any]) -> list[int]:
 async def test_terminating_the_leaders_backend_hands_leadership_over(
     turnstore_postgres_store: Any, turnstore_pg_dsn: str
 ) -> None:
-    store: TurnStore[Any] = turnstore_postgres_store
-    first = OrphanWatchdog(store, SETTINGS)
-    second = OrphanWatchdog(store, SETTINGS)
+    store: PostgresStore = turnstore_postgres_store
+    # The advisory-lock election, whose leadership lives in one server session.
+    first = OrphanWatchdog(store, SETTINGS, election=store.advisory_lock_election())
+    second = OrphanWatchdog(store, SETTINGS, election=store.advisory_lock_election())
     try:
         assert await first.elect()
         assert not await second.elect()

@@ -17,8 +17,8 @@ from turnstore.cli import ENV_DSN, EXIT_STORE_ERROR
 from turnstore.embedded import temporary_database
 from turnstore.model import CreateTurnParams, RequesterType, Turn, TurnState
 from turnstore.postgres import (
+    WATCHDOG_LEASE_NAME,
     PostgresStore,
-    advisory_lock_key,
     check_schema,
     migrate,
     migration_files,
@@ -334,7 +334,12 @@ async def test_sweep_does_nothing_while_another_watchdog_leads(
     turn = await create(pg_store, "chat")
     await PostgresHarness(pg_store).advance_time(400)
     async with await psycopg.AsyncConnection.connect(turnstore_pg_dsn, autocommit=True) as leader:
-        await leader.execute("SELECT pg_advisory_lock(%s)", (advisory_lock_key("turnstore"),))
+        # Another watchdog's lease, valid for an hour.
+        await leader.execute(
+            "INSERT INTO turnstore.watchdog_leases (name, holder, expires_at)"
+            " VALUES (%s, gen_random_uuid(), clock_timestamp() + interval '1 hour')",
+            (WATCHDOG_LEASE_NAME,),
+        )
         assert await run_cli("sweep", "--once", "--dsn", turnstore_pg_dsn) == 0
     assert capsys.readouterr().out == (
         "another watchdog is sweeping schema 'turnstore' right now; nothing was done\n"

@@ -1,9 +1,9 @@
 """The PostgreSQL backend: ``PostgresTurnRepository``, migrations, ``PostgresStore`` and the
-watchdog's advisory-lock election.
+watchdog's elections (a lease row by default, an advisory lock for direct connections).
 
 One module per role: ``statements`` (every SQL statement, by name), ``scope`` (scope
 compilation), ``errors`` (the driver-error boundary), ``repository``, ``migrations``,
-``store`` and ``election``. The names below are the backend's public ones.
+``store``, ``lease`` and ``election``. The names below are the backend's public ones.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ from turnstore.postgres.election import (
     AdvisoryLockElection,
     advisory_lock_key,
     leader_connection_kwargs,
+)
+from turnstore.postgres.lease import (
+    DEFAULT_LEASE_SECS,
+    DEFAULT_RENEW_INTERVAL_SECS,
+    WATCHDOG_LEASE_NAME,
+    LeaseElection,
 )
 from turnstore.postgres.migrations import (
     Migration,
@@ -32,10 +38,14 @@ from turnstore.postgres.store import PostgresStore
 __all__ = [
     "CHAT_LOCK_CLASS",
     "DEFAULT_LEADER_CHECK_TIMEOUT_SECS",
+    "DEFAULT_LEASE_SECS",
+    "DEFAULT_RENEW_INTERVAL_SECS",
     "DEFAULT_SCHEMA",
     "LEADER_CONNECTION_DEFAULTS",
     "MIGRATION_LOCK_CLASS",
+    "WATCHDOG_LEASE_NAME",
     "AdvisoryLockElection",
+    "LeaseElection",
     "Migration",
     "PostgresStore",
     "PostgresTurnRepository",

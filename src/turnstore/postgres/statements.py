@@ -65,6 +65,7 @@ __all__ = [
     "MIGRATION_UNLOCK",
     "PURGE_TURNS",
     "READ_VERSIONS",
+    "RELEASE_LEASE",
     "RECORD_VERSION",
     "SCHEMA_EXISTS",
     "SCRIPT_HEADER",
@@ -73,6 +74,7 @@ __all__ = [
     "SET_LOCAL_SEARCH_PATH",
     "SOFT_DELETE",
     "STILL_RUNNING",
+    "TAKE_LEASE",
     "TURN_COLUMNS",
     "TURN_ROW_STATEMENTS",
     "UPDATE_PREFLIGHT",
@@ -472,6 +474,25 @@ TURN_ROW_STATEMENTS: tuple[str, ...] = (
     "LIST_TURNS",
     "LIST_TURNS_ALL",
 )
+
+# --------------------------------------------------------------------------- leader lease
+
+# ``{leases}`` is the schema-qualified ``watchdog_leases`` table. One statement takes a free
+# or expired lease, or renews one's own, atomically (the conflicting row is locked and the
+# WHERE re-checked on its latest version); a row back means this holder leads until
+# ``expires_at``. Database time only (``clock_timestamp()``). Parameters: name, holder,
+# lease seconds.
+TAKE_LEASE = """
+INSERT INTO {leases} AS lease (name, holder, expires_at)
+VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))
+ON CONFLICT (name) DO UPDATE
+    SET holder = excluded.holder, expires_at = excluded.expires_at
+    WHERE lease.expires_at < clock_timestamp() OR lease.holder = excluded.holder
+RETURNING holder
+"""
+
+# Gives one's own lease up at once (name, holder); someone else's is left alone.
+RELEASE_LEASE = "DELETE FROM {leases} WHERE name = %s AND holder = %s"
 
 # --------------------------------------------------------------------------- migrations
 

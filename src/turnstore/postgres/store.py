@@ -1,8 +1,9 @@
 """``PostgresStore``: a ``TurnStore`` over a psycopg-pool ``AsyncConnectionPool``.
 
 It hands out pooled connections in autocommit or inside a transaction, runs the schema's
-migrations and checks, and builds the watchdog's leader election (an advisory lock held
-on a dedicated connection opened the way the store's own connections are).
+migrations and checks, and builds the watchdog's leader election (a lease row taken through
+the store's own connections; or, on request, an advisory lock held on a dedicated connection
+opened the way the store's own connections are).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import psycopg
 import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 
+from turnstore._compat_async import shield
+from turnstore.election import LeaderElection
 from turnstore.errors import InvalidParameterError
 from turnstore.postgres.election import (
     AdvisoryLockElection,
@@ -25,6 +28,7 @@ from turnstore.postgres.election import (
     leader_connection_kwargs,
 )
 from turnstore.postgres.errors import driver_errors, raise_translated
+from turnstore.postgres.lease import LeaseElection
 from turnstore.postgres.migrations import SchemaStatus, check_schema, migrate
 from turnstore.postgres.notify import DEFAULT_CANCEL_POLL_SECS, PostgresFinalizeSignals
 from turnstore.postgres.repository import PostgresTurnRepository
@@ -73,6 +77,16 @@ def check_dsn(dsn: object, name: str = "dsn") -> str:
     return dsn
 
 
+async def _give_back(pool: Pool, conn: Connection) -> None:
+    """Return ``conn`` to ``pool``, even if the caller is cancelled meanwhile.
+
+    ``putconn`` awaits (a rollback, the pool's lock); a cancellation landing there (a
+    task cancelled twice: once in its body, again while it cleans up) would lose the
+    connection for good. Shielded, the return finishes in the background.
+    """
+    await shield(pool.putconn(conn))  # sync: pool.putconn(conn)
+
+
 class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
     """``PostgresStore.connection()``: a pooled connection in autocommit for one block.
 
@@ -100,7 +114,7 @@ class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
                 with driver_errors:
                     await conn.set_autocommit(True)
             except BaseException:
-                await pool.putconn(conn)
+                await _give_back(pool, conn)
                 raise
             self._switched = True
         self._conn = conn
@@ -118,7 +132,7 @@ class _AutocommitConnection(AbstractAsyncContextManager[Connection]):
                 with driver_errors:
                     await conn.set_autocommit(False)
         finally:
-            await self._pool.putconn(conn)
+            await _give_back(self._pool, conn)
 
 
 class PostgresStore:
@@ -292,7 +306,7 @@ class PostgresStore:
                 async with conn.transaction():
                     yield conn
         finally:
-            await self._pool.putconn(conn)
+            await _give_back(self._pool, conn)
 
     async def migrate(self) -> None:
         """Apply pending migrations to this store's schema (see ``migrate``)."""
@@ -358,10 +372,21 @@ class PostgresStore:
 
         return connect
 
-    def leader_election(self) -> AdvisoryLockElection:
+    def leader_election(self) -> LeaderElection:
+        """A new lease election for this schema's watchdog (``LeaseElection``, default
+        timings): a row of ``watchdog_leases`` taken and renewed through this store's own
+        connections, so it holds behind a transaction-pooling PgBouncer as well. (The
+        generated sync store elects with ``advisory_lock_election()`` instead: direct
+        connections only; see docs/sync.md.)"""
+        schema = self.schema
+        return LeaseElection(self.connection, schema)  # sync: return self.advisory_lock_election()
+
+    def advisory_lock_election(self) -> AdvisoryLockElection:
         """A new advisory-lock election for this schema's watchdog (``advisory_lock_key``).
 
-        Its dedicated connection is opened from the store's DSN, or, for a host's pool, from
+        Session-bound: leadership is a lock of one server session, so use it only over
+        direct connections, never through a transaction-pooling pooler. Its dedicated
+        connection is opened from the store's DSN, or, for a host's pool, from
         the pool's conninfo and connection kwargs (see ``leader_connection_kwargs``). A pool
         whose conninfo or kwargs are callables gives nothing to open it from: then
         ``InvalidParameterError``, and the host passes its own election to the watchdog.

@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import Generic
 from uuid import UUID
 
-from turnstore._compat_sync import Task, sleep, spawn, wait_tasks
+from turnstore._compat_sync import Task, cancel_until_done, sleep, spawn
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.signals import FinalizeSignals, FinalizeSignalSource
@@ -32,7 +32,8 @@ from turnstore.sync.repository import RunnerT, TurnStore
 from turnstore.telemetry import NO_TELEMETRY, Telemetry
 from turnstore.validation import check_callable, check_instance, check_uuid
 
-__all__ = ["KeepAlive"]
+__all__ = ["STOP_BOUND_SECS", "KeepAlive"]
+STOP_BOUND_SECS = 5.0
 logger = logging.getLogger("turnstore.lifecycle")
 
 
@@ -42,8 +43,13 @@ class KeepAlive(Generic[RunnerT]):
     Use as ``with lifecycle.keep_alive(scope, turn.id) as ka:`` and ``await
     ka.touch()`` per chunk. Writes are coalesced: at most one ``update_progress_at`` per
     interval, however many chunks arrive or tasks touch at once. Each write commits on its
-    own (the watchdog must see it at once), outside any host transaction. On exit the
-    background task is cancelled and awaited; an exception from the body propagates.
+    own (the watchdog must see it at once), outside any host transaction.
+
+    The heartbeat writes only while the stream has touched within
+    ``settings.silence_limit_secs`` (counted from entering the block): a stream silent for
+    longer is left to become an orphan, until a ``touch()`` resumes the writes. On exit a
+    stop flag ends the writes and the background task is cancelled until it is done
+    (bounded by ``STOP_BOUND_SECS``); an exception from the body propagates.
 
     ``finalized``, ``is_over`` and ``wait_finalized()`` tell the stream that the turn is
     no longer running, as soon as the store learns it (see the module docstring).
@@ -71,6 +77,8 @@ class KeepAlive(Generic[RunnerT]):
         self._clock = clock
         self._lock = threading.Lock()
         self._last_write: float | None = None
+        self._last_touch = clock()
+        self._stopping = False
         self._running = True
         self._writes = 0
         self._task: Task[None] | None = None
@@ -133,7 +141,14 @@ class KeepAlive(Generic[RunnerT]):
         """How many ``update_progress_at`` calls this keep-alive has made."""
         return self._writes
 
+    @property
+    def silent(self) -> bool:
+        """Whether the stream has been silent too long for the heartbeat to vouch for it."""
+        return self._silent(self._clock())
+
     def __enter__(self) -> KeepAlive[RunnerT]:
+        self._stopping = False
+        self._last_touch = self._clock()
         if self._settings.heartbeat:
             self._task = spawn(self._heartbeat, name=f"turnstore-keep-alive-{self._turn_id}")
         return self
@@ -147,14 +162,26 @@ class KeepAlive(Generic[RunnerT]):
         self.stop()
 
     def stop(self) -> None:
-        """Stop the background refresh and wait for it, and stop watching for the
-        finalize; idempotent."""
+        """Stop the background refresh and wait for it, within ``STOP_BOUND_SECS``;
+        idempotent.
+
+        The stop flag goes up first (the heartbeat checks it before each write), then the
+        task is cancelled again and again until it is done: one cancellation can be
+        swallowed by a library call the heartbeat is waiting in (a pool's wait for a free
+        connection), and must not leave the heartbeat running.
+        """
+        self._stopping = True
         self._unwatch()
         task, self._task = (self._task, None)
         if task is None:
             return
-        task.cancel()
-        wait_tasks([task])
+        if not cancel_until_done(task, total_secs=STOP_BOUND_SECS):
+            logger.warning(
+                "keep-alive heartbeat for turn %s still running %s s after stop; it writes nothing more",
+                self._turn_id,
+                STOP_BOUND_SECS,
+            )
+            return
         if not task.cancelled() and (error := task.exception()) is not None:
             raise error
 
@@ -165,7 +192,9 @@ class KeepAlive(Generic[RunnerT]):
         ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
         user, or failed by the watchdog). A write error propagates to the caller.
         """
-        if self.running and self._due(self._clock()):
+        now = self._clock()
+        self._last_touch = now
+        if self.running and self._due(now):
             self._write()
         return self.running
 
@@ -173,10 +202,15 @@ class KeepAlive(Generic[RunnerT]):
         last = self._last_write
         return last is None or now - last >= self._settings.interval_secs
 
-    def _write(self) -> None:
+    def _silent(self, now: float) -> bool:
+        return now - self._last_touch >= self._settings.silence_limit_secs
+
+    def _write(self, *, heartbeat: bool = False) -> None:
         with self._lock:
             now = self._clock()
             if not self.running or not self._due(now):
+                return
+            if heartbeat and (self._stopping or self._silent(now)):
                 return
             previous, self._last_write = (self._last_write, now)
             try:
@@ -184,6 +218,9 @@ class KeepAlive(Generic[RunnerT]):
                     "turnstore.keep_alive", {"turnstore.turn_id": self._turn_id}
                 ):
                     with self._store.connection() as runner:
+                        if heartbeat and self._stopping:
+                            self._last_write = previous
+                            return
                         rows = self._turns.update_progress_at(runner, self._scope, self._turn_id)
             except BaseException:
                 self._last_write = previous
@@ -196,13 +233,28 @@ class KeepAlive(Generic[RunnerT]):
 
     def _heartbeat(self) -> None:
         interval = self._settings.interval_secs
-        while self.running:
+        was_silent = False
+        while self.running and (not self._stopping):
             last = self._last_write
             delay = interval if last is None else last + interval - self._clock()
             if delay > 0:
                 sleep(delay)
+            if self._stopping:
+                return
+            silent = self._silent(self._clock())
+            if silent != was_silent:
+                was_silent = silent
+                if silent:
+                    logger.warning(
+                        "turn %s: no touch() for %s s; the heartbeat stops vouching for it",
+                        self._turn_id,
+                        self._settings.silence_limit_secs,
+                    )
+            if silent:
+                sleep(interval)
+                continue
             try:
-                self._write()
+                self._write(heartbeat=True)
             except Exception:
                 logger.warning(
                     "keep-alive write for turn %s failed; retrying in %s s",

@@ -230,7 +230,7 @@ class TurnStore(Protocol[RunnerT]):
         """A new election for this store's orphan watchdog: one watchdog per database scans
         at a time, and only the store knows how its instances can agree on which one.
 
-        PostgreSQL: an advisory lock on a dedicated connection; the in-memory fake: a lock
+        PostgreSQL: a lease row renewed through the store's connections; the in-memory fake: a lock
         among the watchdogs of one process. Each call returns a new, not yet acquired
         election; ``OrphanWatchdog`` asks for one unless it is given its own.
         """

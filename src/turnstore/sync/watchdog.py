@@ -9,9 +9,9 @@ after the scan is left alone. The host's settlement hook (refund a quota reserva
 an outbox event) runs in that transaction, only when the CAS was won.
 
 One watchdog per database scans at a time. The store decides how
-(``TurnStore.leader_election``): on PostgreSQL the leader holds a session-level advisory
-lock on a dedicated connection, on the in-memory fake an in-process lock per store plays
-the part. This module imports no database driver.
+(``TurnStore.leader_election``): on PostgreSQL the leader holds a lease row it renews, on
+the in-memory fake an in-process lock per store plays the part. This module imports no
+database driver.
 """
 
 from __future__ import annotations
@@ -91,6 +91,11 @@ class OrphanWatchdog(Generic[RunnerT]):
     @property
     def settings(self) -> WatchdogSettings:
         return self._settings
+
+    @property
+    def election(self) -> LeaderElection:
+        """The election this watchdog takes part in (the store's unless one was given)."""
+        return self._election
 
     @property
     def is_leader(self) -> bool:

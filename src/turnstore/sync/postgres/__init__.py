@@ -1,15 +1,21 @@
 # WARNING: this file is generated from src/turnstore/postgres/__init__.py by tools/async_to_sync.py; do not edit.
 """The PostgreSQL backend: ``PostgresTurnRepository``, migrations, ``PostgresStore`` and the
-watchdog's advisory-lock election.
+watchdog's elections (a lease row by default, an advisory lock for direct connections).
 
 One module per role: ``statements`` (every SQL statement, by name), ``scope`` (scope
 compilation), ``errors`` (the driver-error boundary), ``repository``, ``migrations``,
-``store`` and ``election``. The names below are the backend's public ones.
+``store``, ``lease`` and ``election``. The names below are the backend's public ones.
 """
 
 from __future__ import annotations
 
 from turnstore.model import validate_orphan_args
+from turnstore.postgres.lease import (
+    DEFAULT_LEASE_SECS,
+    DEFAULT_RENEW_INTERVAL_SECS,
+    WATCHDOG_LEASE_NAME,
+    LeaseElection,
+)
 from turnstore.postgres.scope import compile_scope
 from turnstore.postgres.statements import CHAT_LOCK_CLASS, DEFAULT_SCHEMA, MIGRATION_LOCK_CLASS
 from turnstore.sync.postgres.election import (
@@ -33,10 +39,14 @@ from turnstore.sync.postgres.store import PostgresStore
 __all__ = [
     "CHAT_LOCK_CLASS",
     "DEFAULT_LEADER_CHECK_TIMEOUT_SECS",
+    "DEFAULT_LEASE_SECS",
+    "DEFAULT_RENEW_INTERVAL_SECS",
     "DEFAULT_SCHEMA",
     "LEADER_CONNECTION_DEFAULTS",
     "MIGRATION_LOCK_CLASS",
+    "WATCHDOG_LEASE_NAME",
     "AdvisoryLockElection",
+    "LeaseElection",
     "Migration",
     "PostgresStore",
     "PostgresTurnRepository",

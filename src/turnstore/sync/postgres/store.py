@@ -2,8 +2,9 @@
 """``PostgresStore``: a ``TurnStore`` over a psycopg-pool ``ConnectionPool``.
 
 It hands out pooled connections in autocommit or inside a transaction, runs the schema's
-migrations and checks, and builds the watchdog's leader election (an advisory lock held
-on a dedicated connection opened the way the store's own connections are).
+migrations and checks, and builds the watchdog's leader election (a lease row taken through
+the store's own connections; or, on request, an advisory lock held on a dedicated connection
+opened the way the store's own connections are).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from turnstore.errors import InvalidParameterError
 from turnstore.postgres.errors import driver_errors, raise_translated
 from turnstore.postgres.notify import DEFAULT_CANCEL_POLL_SECS, PostgresFinalizeSignals
 from turnstore.postgres.statements import DEFAULT_SCHEMA, STILL_RUNNING, render
+from turnstore.sync.election import LeaderElection
 from turnstore.sync.postgres.election import (
     AdvisoryLockElection,
     ConnectionFactory,
@@ -62,6 +64,16 @@ def check_dsn(dsn: object, name: str = "dsn") -> str:
     return dsn
 
 
+def _give_back(pool: Pool, conn: Connection) -> None:
+    """Return ``conn`` to ``pool``, even if the caller is cancelled meanwhile.
+
+    ``putconn`` awaits (a rollback, the pool's lock); a cancellation landing there (a
+    task cancelled twice: once in its body, again while it cleans up) would lose the
+    connection for good. Shielded, the return finishes in the background.
+    """
+    pool.putconn(conn)
+
+
 class _AutocommitConnection(AbstractContextManager[Connection]):
     """``PostgresStore.connection()``: a pooled connection in autocommit for one block.
 
@@ -88,7 +100,7 @@ class _AutocommitConnection(AbstractContextManager[Connection]):
                 with driver_errors:
                     conn.set_autocommit(True)
             except BaseException:
-                pool.putconn(conn)
+                _give_back(pool, conn)
                 raise
             self._switched = True
         self._conn = conn
@@ -106,7 +118,7 @@ class _AutocommitConnection(AbstractContextManager[Connection]):
                 with driver_errors:
                     conn.set_autocommit(False)
         finally:
-            self._pool.putconn(conn)
+            _give_back(self._pool, conn)
 
 
 class PostgresStore:
@@ -278,7 +290,7 @@ class PostgresStore:
                 with conn.transaction():
                     yield conn
         finally:
-            self._pool.putconn(conn)
+            _give_back(self._pool, conn)
 
     def migrate(self) -> None:
         """Apply pending migrations to this store's schema (see ``migrate``)."""
@@ -326,10 +338,21 @@ class PostgresStore:
 
         return connect
 
-    def leader_election(self) -> AdvisoryLockElection:
+    def leader_election(self) -> LeaderElection:
+        """A new lease election for this schema's watchdog (``LeaseElection``, default
+        timings): a row of ``watchdog_leases`` taken and renewed through this store's own
+        connections, so it holds behind a transaction-pooling PgBouncer as well. (The
+        generated sync store elects with ``advisory_lock_election()`` instead: direct
+        connections only; see docs/sync.md.)"""
+        schema = self.schema
+        return self.advisory_lock_election()
+
+    def advisory_lock_election(self) -> AdvisoryLockElection:
         """A new advisory-lock election for this schema's watchdog (``advisory_lock_key``).
 
-        Its dedicated connection is opened from the store's DSN, or, for a host's pool, from
+        Session-bound: leadership is a lock of one server session, so use it only over
+        direct connections, never through a transaction-pooling pooler. Its dedicated
+        connection is opened from the store's DSN, or, for a host's pool, from
         the pool's conninfo and connection kwargs (see ``leader_connection_kwargs``). A pool
         whose conninfo or kwargs are callables gives nothing to open it from: then
         ``InvalidParameterError``, and the host passes its own election to the watchdog.
