@@ -330,13 +330,15 @@ def lifecycle_calls(
     scope = ("scope", SCOPE, scope_hostile())
     mutation: list[tuple[str, object, st.SearchStrategy[object]]] = [
         scope,
+        ("tenant_id", completed.tenant_id, _ID),
         ("chat_id", COMPLETED_CHAT, _ID),
         ("request_id", completed.request_id, _ID),
         ("actor_user_id", USER, _OPTIONAL_ID),
         ("hook", None, _HOOK),
     ]
     new_turn: list[tuple[str, object, st.SearchStrategy[object]]] = [
-        ("new_turn_id", None, _OPTIONAL_ID)
+        ("new_turn_id", None, _OPTIONAL_ID),
+        ("new_request_id", None, _OPTIONAL_ID),
     ]
     create = user_turn(uuid4())
     return {

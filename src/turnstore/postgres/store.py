@@ -378,8 +378,10 @@ class PostgresStore:
         connections, so it holds behind a transaction-pooling PgBouncer as well. (The
         generated sync store elects with ``advisory_lock_election()`` instead: direct
         connections only; see docs/sync.md.)"""
-        schema = self.schema
-        return LeaseElection(self.connection, schema)  # sync: return self.advisory_lock_election()
+        return self._lease_election()  # sync: return self.advisory_lock_election()
+
+    def _lease_election(self) -> LeaseElection:  # async-only
+        return LeaseElection(self.connection, self.schema)
 
     def advisory_lock_election(self) -> AdvisoryLockElection:
         """A new advisory-lock election for this schema's watchdog (``advisory_lock_key``).

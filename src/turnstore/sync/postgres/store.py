@@ -344,7 +344,6 @@ class PostgresStore:
         connections, so it holds behind a transaction-pooling PgBouncer as well. (The
         generated sync store elects with ``advisory_lock_election()`` instead: direct
         connections only; see docs/sync.md.)"""
-        schema = self.schema
         return self.advisory_lock_election()
 
     def advisory_lock_election(self) -> AdvisoryLockElection:
