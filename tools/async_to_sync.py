@@ -69,16 +69,7 @@ MODULES: tuple[Module, ...] = (
     Module("keepalive.py"),
     Module(
         "lifecycle.py",
-        shared=(
-            "StartKind",
-            "RejectReason",
-            "StartOutcome",
-            "FinalizeOutcome",
-            "MutationKind",
-            "MutationResult",
-            "_START_ATTEMPTS",
-            "_WHOLE_CHAT",
-        ),
+        shared=("_START_ATTEMPTS", "_WHOLE_CHAT"),
     ),
     Module("watchdog.py", shared=("SweepReport", "WatchdogMetrics")),
     Module(

@@ -25,16 +25,7 @@ from turnstore.errors import (
     TurnStoreError,
 )
 from turnstore.ids import new_uuid7
-from turnstore.lifecycle import (
-    _START_ATTEMPTS,
-    _WHOLE_CHAT,
-    FinalizeOutcome,
-    MutationKind,
-    MutationResult,
-    RejectReason,
-    StartKind,
-    StartOutcome,
-)
+from turnstore.lifecycle import _START_ATTEMPTS, _WHOLE_CHAT
 from turnstore.model import (
     CasCompleteParams,
     CasTerminalParams,
@@ -44,7 +35,18 @@ from turnstore.model import (
     TurnState,
     check_turn,
 )
-from turnstore.rules import StartDecision, decide_start, mutation_rejection, repeats_mutation
+from turnstore.outcomes import (
+    FINALIZE_SPANS,
+    FinalizeOutcome,
+    MutationKind,
+    MutationResult,
+    RejectReason,
+    StartKind,
+    StartOutcome,
+    generation_in_progress_outcome,
+    outcome_of,
+)
+from turnstore.rules import decide_start, mutation_rejection, repeats_mutation
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.sync.keepalive import KeepAlive
@@ -66,35 +68,7 @@ __all__ = [
     "TurnLifecycle",
     "new_uuid7",
 ]
-_KEY_REASONS = {
-    StartDecision.REQUEST_ID_CONFLICT: RejectReason.REQUEST_ID_CONFLICT,
-    StartDecision.REQUEST_IN_PROGRESS: RejectReason.REQUEST_IN_PROGRESS,
-    StartDecision.REQUEST_FINGERPRINT_MISMATCH: RejectReason.REQUEST_FINGERPRINT_MISMATCH,
-}
-
-
-def _outcome_of(decision: StartDecision, existing: Turn) -> StartOutcome:
-    """The outcome for a request whose idempotency key is already taken by ``existing``."""
-    if decision is StartDecision.REPLAY:
-        return StartOutcome(StartKind.REPLAY, turn=existing)
-    return StartOutcome(StartKind.REJECTED, turn=existing, reason=_KEY_REASONS[decision])
-
-
-def _generation_in_progress(running: Turn | None, running_turn_id: UUID | None) -> StartOutcome:
-    return StartOutcome(
-        StartKind.REJECTED,
-        turn=running,
-        reason=RejectReason.GENERATION_IN_PROGRESS,
-        running_turn_id=running.id if running is not None else running_turn_id,
-    )
-
-
 FinalizeHook = Callable[[RunnerT, Turn], None]
-_FINALIZE_SPANS = {
-    TurnState.COMPLETED: "turnstore.complete_turn",
-    TurnState.FAILED: "turnstore.fail_turn",
-    TurnState.CANCELLED: "turnstore.cancel_turn",
-}
 MutationHook = Callable[[RunnerT, MutationResult], None]
 
 
@@ -201,7 +175,7 @@ class TurnLifecycle(Generic[RunnerT]):
                     )
                     if existing is not None:
                         decision = decide_start(existing, None, params.request_fingerprint)
-                        return _outcome_of(decision, existing)
+                        return outcome_of(decision, existing)
                     if isinstance(exc, DuplicateTurnIdError):
                         raise
                     if isinstance(exc, DuplicateRequestError):
@@ -212,12 +186,12 @@ class TurnLifecycle(Generic[RunnerT]):
                         run, scope, params.tenant_id, params.chat_id
                     )
                     if running is not None:
-                        return _generation_in_progress(running, exc.running_turn_id)
+                        return generation_in_progress_outcome(running, exc.running_turn_id)
                     refused = exc
                     continue
                 return StartOutcome(StartKind.STARTED, turn=turn)
             assert refused is not None
-            return _generation_in_progress(None, refused.running_turn_id)
+            return generation_in_progress_outcome(None, refused.running_turn_id)
 
     def keep_alive(
         self,
@@ -323,7 +297,7 @@ class TurnLifecycle(Generic[RunnerT]):
         hook: FinalizeHook[RunnerT] | None,
         runner: RunnerT | None,
     ) -> FinalizeOutcome:
-        with self._telemetry.span(_FINALIZE_SPANS[state], {"turnstore.turn_id": turn.id}):
+        with self._telemetry.span(FINALIZE_SPANS[state], {"turnstore.turn_id": turn.id}):
             outcome = self._finalize_in(scope, turn, state, cas, hook, runner)
             self._telemetry.turn_finalized(state.value, outcome.won)
             return outcome
@@ -562,5 +536,5 @@ class TurnLifecycle(Generic[RunnerT]):
         if new_turn is None:
             repeated = StartOutcome(StartKind.REJECTED, reason=RejectReason.REQUEST_ID_CONFLICT)
         else:
-            repeated = _outcome_of(decide_start(new_turn, None), new_turn)
+            repeated = outcome_of(decide_start(new_turn, None), new_turn)
         return MutationResult(kind, target, new_turn, new_request_id, repeated)
