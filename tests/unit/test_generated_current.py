@@ -7,10 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "async_to_sync.py"
 
 
+# ``ast.unparse`` lays code out slightly differently from one Python to the next, so the
+# committed files are generated, and checked, with the project's reference Python (3.11,
+# the one ``.ci/run`` runs its check section with).
+@pytest.mark.skipif(
+    sys.version_info[:2] != (3, 11),
+    reason="the sync modules are generated with Python 3.11's ast.unparse",
+)
 def test_generated_sync_modules_are_current() -> None:
     result = subprocess.run(
         [sys.executable, str(TOOL), "--check"],
