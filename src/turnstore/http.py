@@ -49,6 +49,8 @@ TURN_NOT_RUNNING = "turn_not_running"
 STATUS_BY_CODE: dict[str, int] = {
     "generation_in_progress": 409,
     "request_id_conflict": 409,
+    "request_in_progress": 409,
+    "request_fingerprint_mismatch": 422,
     "not_latest_turn": 409,
     "invalid_turn_state": 409,
     "turn_id_conflict": 409,
@@ -67,7 +69,13 @@ STATUS_BY_CODE: dict[str, int] = {
 #: (an error's own ``retryable`` attribute wins). ``generation_in_progress`` clears when the
 #: running turn ends.
 RETRYABLE_CODES = frozenset(
-    {"generation_in_progress", "store_unavailable", "lock_timeout", "statement_timeout"}
+    {
+        "generation_in_progress",
+        "request_in_progress",
+        "store_unavailable",
+        "lock_timeout",
+        "statement_timeout",
+    }
 )
 
 #: The ``Retry-After`` seconds sent with a 503 or a 504.

@@ -113,11 +113,12 @@ async def test_a_double_submit_streams_once_and_refuses_once(client: httpx.Async
             pass
     assert first.text == FakeModel.answer(prompt)
     assert same.status == 409
+    # A resend of a request still running: its own code, and retrying later helps.
     assert same.body == {
         "error": {
-            "code": "request_id_conflict",
+            "code": "request_in_progress",
             "message": "the request id is already used by another turn of this chat",
-            "retryable": False,
+            "retryable": True,
         }
     }
     assert other.status == 409

@@ -1,6 +1,6 @@
 """The serving process killed mid-stream: the turn stays running until the orphan
 watchdog fails it; then the chat is usable again. Runs on a database of its own, so its
-watchdog's leadership (an advisory lock per database) is its own too."""
+watchdog's leadership (a lease row per schema) is its own too."""
 
 from __future__ import annotations
 
@@ -56,12 +56,16 @@ async def test_a_killed_server_leaves_an_orphan_that_the_watchdog_fails(
             assert busy.body is not None
             assert busy.body["error"]["code"] == "generation_in_progress"
 
-            # PostgreSQL's clock cannot be moved: age the turn's last sign of life instead.
+            # PostgreSQL's clock cannot be moved: age the turn's last sign of life instead,
+            # and let the killed process's watchdog lease lapse (it would after its 30 s).
             with psycopg.connect(crash_database, autocommit=True) as conn:
                 conn.execute(
                     "UPDATE turnstore.chat_turns"
                     " SET last_progress_at = now() - interval '10 minutes' WHERE id = %s",
                     (uuid.UUID(turn_id),),
+                )
+                conn.execute(
+                    "UPDATE turnstore.watchdog_leases SET expires_at = now() - interval '1 second'"
                 )
             sweep = await http.post("/admin/sweep")
             assert sweep.status_code == 200
