@@ -22,6 +22,7 @@ __all__ = [
     "RequestFingerprintMismatchError",
     "RequestInProgressError",
     "ScopeDeniedError",
+    "SchemaLayoutError",
     "SchemaMismatchError",
     "StoreUnavailableError",
     "TurnNotFoundError",
@@ -227,3 +228,31 @@ class SchemaMismatchError(TurnStoreError):
             if versions
         ]
         super().__init__(f"schema {schema!r} is not current ({'; '.join(problems)})")
+
+
+class SchemaLayoutError(MigrationError):
+    """``migrate`` was asked for a table layout other than the one the schema has.
+
+    The layout (plain, or ``chat_turns`` hash-partitioned by ``tenant_id`` into
+    ``partitions`` partitions) is chosen when the schema is first migrated and never changes
+    afterwards (docs/scaling.md, *Moving an existing table*). ``partitions`` is the
+    schema's count (0: plain), ``requested`` the one asked for. Nothing was changed.
+    """
+
+    code = "schema_layout_mismatch"
+
+    def __init__(self, schema: str, *, partitions: int, requested: int) -> None:
+        self.schema = schema
+        self.partitions = partitions
+        self.requested = requested
+        super().__init__(
+            f"schema {schema!r} has the {layout_name(partitions)} layout; migrating it with "
+            f"the {layout_name(requested)} layout is refused (the layout is chosen when a "
+            "schema is first migrated and cannot change; nothing was changed)"
+        )
+
+
+def layout_name(partitions: int) -> str:
+    """``plain``, or ``hash-partitioned (N partitions)``: how errors and reports name a
+    layout."""
+    return "plain" if partitions == 0 else f"hash-partitioned ({partitions} partitions)"

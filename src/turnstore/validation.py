@@ -38,6 +38,7 @@ __all__ = [
     "MAX_ERROR_DETAIL_CHARS",
     "MAX_PROVIDER_NAME_CHARS",
     "MAX_PROVIDER_RESPONSE_ID_CHARS",
+    "MAX_PARTITIONS",
     "MAX_SCHEMA_NAME_BYTES",
     "ExactBool",
     "Id",
@@ -47,6 +48,7 @@ __all__ = [
     "check_instance",
     "check_int",
     "check_optional_uuid",
+    "check_partitions",
     "check_pool_sizes",
     "check_schema_name",
     "check_seconds",
@@ -72,6 +74,8 @@ MAX_EFFECTIVE_MODEL_CHARS = 1024
 #: PostgreSQL's NAMEDATALEN - 1: a longer identifier is silently truncated by the server,
 #: so two long names would share one table.
 MAX_SCHEMA_NAME_BYTES = 63
+#: The most partitions the partitioned layout takes (``check_partitions``).
+MAX_PARTITIONS = 1024
 
 
 def _type_name(value: object) -> str:
@@ -178,6 +182,21 @@ def check_schema_name(value: object, name: str = "schema") -> str:
             problem = "must not start with 'pg_' (reserved for PostgreSQL's own schemas)"
     if problem is not None:
         raise InvalidParameterError(f"{name} {_preview(value)} {problem}")
+    return value
+
+
+def check_partitions(value: object, name: str = "partitions") -> int | None:
+    """A table layout: ``None`` (keep the schema's, plain for a new one), ``0`` (plain), or
+    a partition count from 2 to ``MAX_PARTITIONS``. Returns it."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+        value == 0 or 2 <= value <= MAX_PARTITIONS
+    ):
+        raise InvalidParameterError(
+            f"{name} must be None, 0 (the plain layout) or an int in [2, {MAX_PARTITIONS}],"
+            f" got {value!r}"
+        )
     return value
 
 

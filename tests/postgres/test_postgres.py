@@ -523,24 +523,30 @@ async def test_find_latest_for_update_rereads_after_a_writer_that_skipped_the_ch
 async def test_find_latest_for_update_holds_the_chat_lock_until_the_end(
     store: PostgresStore, other: Conn
 ) -> None:
+    """The chat lock is a row lock on the chat's chat_heads row (created on first use),
+    held until the transaction ends; no advisory lock is taken."""
     tenant, chat = uuid.uuid4(), uuid.uuid4()
+    lock = "SELECT 1 FROM turnstore.chat_heads WHERE tenant_id = %s AND chat_id = %s"
     async with store.transaction() as conn:
         assert await store.turns.find_latest_for_update(conn, ALLOW, tenant, chat) is None
         cur = await other.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
-            " AND objid = hashtext(%s::text || %s::text)::oid AND objsubid = 2 AND pid = %s"
-            " AND granted",
-            (CHAT_LOCK_CLASS, tenant, chat, conn.info.backend_pid),
+            " AND pid = %s",
+            (CHAT_LOCK_CLASS, conn.info.backend_pid),
         )
-        assert await cur.fetchone() == (1,)
-    # pg_locks is server-wide: count this database's chat locks only, so other databases
-    # on a shared server cannot make this fail.
-    cur = await other.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        (CHAT_LOCK_CLASS,),
-    )
-    assert await cur.fetchone() == (0,)
+        assert await cur.fetchone() == (0,)
+        # Not committed yet: the new row is invisible to others.
+        cur = await other.execute(lock, (tenant, chat))
+        assert await cur.fetchall() == []
+    # Committed; taken again, the row is locked until that transaction ends.
+    async with store.transaction() as conn:
+        await store.turns.find_latest_for_update(conn, ALLOW, tenant, chat)
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            async with other.transaction():
+                await other.execute(lock + " FOR UPDATE NOWAIT", (tenant, chat))
+    async with other.transaction():
+        cur = await other.execute(lock + " FOR UPDATE NOWAIT", (tenant, chat))
+        assert await cur.fetchall() == [(1,)]
 
 
 async def test_typed_errors_share_one_base(store: PostgresStore) -> None:

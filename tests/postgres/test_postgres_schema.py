@@ -322,7 +322,7 @@ async def test_pending_migration_is_reported_and_applied_in_the_schema(
     empty_conn: Conn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await migrate(empty_conn)
-    monkeypatch.setattr(pgm, "migration_files", lambda: _with_extra("CREATE TABLE extra (x int);"))
+    monkeypatch.setattr(pgm, "migration_files", lambda partitions=0: _with_extra("CREATE TABLE extra (x int);"))
     extra = pgm.migration_files()[-1].version
     status = await check_schema(empty_conn)
     assert (status.current, status.pending) == (False, (extra,))
@@ -338,7 +338,7 @@ async def test_changed_migration_is_refused_and_nothing_applied(
     await empty_conn.execute(
         "UPDATE turnstore.schema_migrations SET checksum = 'edited' WHERE version = 1"
     )
-    monkeypatch.setattr(pgm, "migration_files", lambda: _with_extra("CREATE TABLE extra (x int);"))
+    monkeypatch.setattr(pgm, "migration_files", lambda partitions=0: _with_extra("CREATE TABLE extra (x int);"))
     status = await check_schema(empty_conn)
     assert status.changed == (1,)
     assert not status.current
@@ -364,7 +364,7 @@ async def test_failing_migration_records_nothing_and_releases_the_lock(
 ) -> None:
     await migrate(empty_conn)
     monkeypatch.setattr(
-        pgm, "migration_files", lambda: _with_extra("CREATE TABLE half (x int); SELECT 1/0;")
+        pgm, "migration_files", lambda partitions=0: _with_extra("CREATE TABLE half (x int); SELECT 1/0;")
     )
     with pytest.raises(MigrationError, match="extra") as info:
         await migrate(empty_conn)

@@ -47,9 +47,22 @@ def test_every_statement_selecting_many_columns_is_listed_as_a_turn_statement() 
     assert returning_turns == set(q.TURN_ROW_STATEMENTS)
 
 
+def test_only_the_migration_lock_is_an_advisory_lock() -> None:
+    """Advisory locks are local to the node that takes them (docs/scaling.md): the chat
+    lock is a row lock on chat_heads; only the migration lock, documented as single-node,
+    is advisory."""
+    advisory = {
+        name
+        for name in q.__all__
+        if isinstance(value := getattr(q, name), str) and "pg_advisory" in value
+    }
+    assert advisory <= {"MIGRATION_LOCK", "MIGRATION_UNLOCK"}
+    for name in ("LOCK_CHAT", "LOCK_VISIBLE_CHAT"):
+        assert "FROM {heads}" in getattr(q, name)
+        assert getattr(q, name).rstrip().endswith("FOR UPDATE")
+
+
 def test_the_lock_classes_written_in_the_sql_are_the_constants() -> None:
-    assert f"pg_advisory_xact_lock({CHAT_LOCK_CLASS}," in q.LOCK_CHAT
-    assert f"pg_advisory_xact_lock({CHAT_LOCK_CLASS}," in q.LOCK_VISIBLE_CHAT
     assert f"pg_advisory_lock({MIGRATION_LOCK_CLASS}," in q.MIGRATION_LOCK
     assert f"pg_advisory_unlock({MIGRATION_LOCK_CLASS}," in q.MIGRATION_UNLOCK
     assert CHAT_LOCK_CLASS.to_bytes(4, "big") == b"TSCH"

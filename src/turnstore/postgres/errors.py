@@ -36,6 +36,9 @@ __all__ = [
 # SQLSTATEs meaning "the server went away or refused us" (class 08 is matched by prefix).
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+# On the partitioned layout a violation names the partition's copy of the parent index,
+# ``<parent index>_p<remainder>`` (sql/partitioned/0001_create_chat_turns.sql).
+_PARTITION_SUFFIX = re.compile(r"_p[0-9]+$")
 
 
 def unique_violation_error(exc: UniqueViolation) -> TurnStoreError | None:
@@ -43,7 +46,10 @@ def unique_violation_error(exc: UniqueViolation) -> TurnStoreError | None:
     name and the key in the error detail; ``None`` when it is not one of ours."""
     ids = [UUID(m) for m in _UUID_RE.findall(exc.diag.message_detail or "")]
     constraint = exc.diag.constraint_name
-    if constraint == "chat_turns_pkey" and len(ids) == 1:
+    if constraint is not None and (exc.diag.table_name or "").startswith("chat_turns_p"):
+        constraint = _PARTITION_SUFFIX.sub("", constraint)
+    # The primary key is (id) on the plain layout, (id, tenant_id) on the partitioned one.
+    if constraint == "chat_turns_pkey" and len(ids) in (1, 2):
         return DuplicateTurnIdError(ids[0])
     # The keys are (tenant_id, chat_id, request_id) and (tenant_id, chat_id): see
     # sql/0003_tenant_keys.sql.

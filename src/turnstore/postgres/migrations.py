@@ -3,8 +3,15 @@
 Each file runs in a transaction of its own under a session-level advisory lock per schema
 (``MIGRATION_LOCK_CLASS``) and is recorded with its sha256 in ``schema_migrations``; a file
 whose checksum changed after it was applied, or a recorded version with no file, makes
-``migrate`` refuse. ``check_schema`` reads only the version table; ``schema_sql`` prints the
-same schema as one script for hosts that apply DDL with their own tool.
+``migrate`` refuse. ``check_schema`` reads only the version and settings tables;
+``schema_sql`` prints the same schema as one script for hosts that apply DDL with their own
+tool.
+
+The table layout (docs/schema.md, *The partitioned layout*) is chosen when a schema is
+first migrated: plain, or ``chat_turns`` hash-partitioned by ``tenant_id``
+(``partitions=N``). It is recorded in ``schema_settings`` and never changes; a
+partitioned schema runs the files of ``turnstore/sql/partitioned`` in place of the
+plain files of the same version, and records their checksums.
 """
 
 from __future__ import annotations
@@ -19,11 +26,11 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from turnstore.errors import MigrationError, SchemaMismatchError
+from turnstore.errors import MigrationError, SchemaLayoutError, SchemaMismatchError, layout_name
 from turnstore.postgres import statements as q
 from turnstore.postgres.errors import driver_errors, translate
 from turnstore.postgres.statements import DEFAULT_SCHEMA
-from turnstore.validation import check_schema_name
+from turnstore.validation import check_partitions, check_schema_name
 
 __all__ = [
     "Migration",
@@ -56,12 +63,19 @@ class Migration:
 @dataclass(frozen=True)
 class SchemaStatus:
     """What ``check_schema`` found: versions applied, pending, changed since they were
-    applied (checksum differs), and recorded without a file (from a newer turnstore)."""
+    applied (checksum differs), and recorded without a file (from a newer turnstore); and
+    the schema's table layout, ``partitions`` (0: plain, or not migrated yet)."""
 
     applied: tuple[int, ...]
     pending: tuple[int, ...]
     changed: tuple[int, ...]
     unknown: tuple[int, ...]
+    partitions: int = 0
+
+    @property
+    def layout(self) -> str:
+        """``plain`` or ``hash-partitioned (N partitions)``."""
+        return layout_name(self.partitions)
 
     @property
     def current(self) -> bool:
@@ -76,9 +90,23 @@ class SchemaStatus:
             )
 
 
-def migration_files() -> list[Migration]:
-    """Every migration file shipped in the package (``turnstore/sql``), in version order."""
-    directory = resources.files("turnstore") / "sql"
+def migration_files(partitions: int = 0) -> list[Migration]:
+    """Every migration file shipped in the package (``turnstore/sql``), in version order.
+
+    With ``partitions`` (the partitioned layout), a file of ``turnstore/sql/partitioned``
+    replaces the plain file of the same version.
+    """
+    found = _read_directory(resources.files("turnstore") / "sql")
+    if partitions:
+        variants = _read_directory(resources.files("turnstore") / "sql" / "partitioned")
+        stray = set(variants) - set(found)
+        if stray:
+            raise MigrationError(f"partitioned migration(s) {sorted(stray)} have no plain file")
+        found.update(variants)
+    return [found[v] for v in sorted(found)]
+
+
+def _read_directory(directory: Any) -> dict[int, Migration]:
     found: dict[int, Migration] = {}
     for entry in directory.iterdir():
         match = _MIGRATION_NAME.match(entry.name)
@@ -90,24 +118,34 @@ def migration_files() -> list[Migration]:
         found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
     if not found:
         raise MigrationError(f"no migration files found in {directory}")
-    return [found[v] for v in sorted(found)]
+    return found
 
 
 def _version_table(schema: str) -> sql.Identifier:
     return sql.Identifier(schema, "schema_migrations")
 
 
-def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
+def _settings_table(schema: str) -> sql.Identifier:
+    return sql.Identifier(schema, "schema_settings")
+
+
+def schema_sql(schema: str = DEFAULT_SCHEMA, partitions: int | None = None) -> str:
     """The whole schema as one SQL script, for teams that apply DDL with their own tool.
 
     It creates the schema, sets ``search_path`` to it, runs every migration, and records
-    them in ``schema_migrations`` so ``check_schema`` reports the database as current.
+    them in ``schema_migrations`` (and the layout in ``schema_settings``) so
+    ``check_schema`` reports the database as current. ``partitions`` as for ``migrate``.
     """
     check_schema_name(schema)
+    count = check_partitions(partitions) or 0
     table = _version_table(schema)
     header = sql.SQL(q.SCRIPT_HEADER.strip()).format(schema=sql.Identifier(schema))
-    parts = [header.as_string(None), ""]
-    files = migration_files()
+    parts = [header.as_string(None)]
+    if count:
+        setting = sql.SQL(q.SCRIPT_SET_PARTITIONS).format(partitions=sql.Literal(str(count)))
+        parts.append(setting.as_string(None))
+    parts.append("")
+    files = migration_files(count)
     for m in files:
         parts.append(f"-- migration {m.version:04d}_{m.name}")
         parts.append(m.sql.rstrip() + "\n")
@@ -121,16 +159,45 @@ def schema_sql(schema: str = DEFAULT_SCHEMA) -> str:
             checksum=sql.Literal(m.checksum),
         )
         parts.append(row.as_string(None))
+    settings = _settings_table(schema)
+    parts.append(sql.SQL(q.CREATE_SETTINGS_TABLE.strip()).format(table=settings).as_string(None))
+    parts[-1] += ";"
+    layout = sql.SQL(q.SCRIPT_RECORD_PARTITIONS.strip()).format(
+        table=settings, partitions=sql.Literal(str(count))
+    )
+    parts.append(layout.as_string(None))
     return "\n".join(parts) + "\n"
 
 
-def _compare(files: list[Migration], recorded: dict[int, tuple[str, str]]) -> SchemaStatus:
+def _compare(
+    files: list[Migration], recorded: dict[int, tuple[str, str]], partitions: int = 0
+) -> SchemaStatus:
     by_version = {m.version: m for m in files}
     applied = tuple(sorted(v for v in recorded if v in by_version))
     changed = tuple(v for v in applied if recorded[v][1] != by_version[v].checksum)
     unknown = tuple(sorted(v for v in recorded if v not in by_version))
     pending = tuple(m.version for m in files if m.version not in recorded)
-    return SchemaStatus(applied=applied, pending=pending, changed=changed, unknown=unknown)
+    return SchemaStatus(
+        applied=applied, pending=pending, changed=changed, unknown=unknown, partitions=partitions
+    )
+
+
+async def _read_partitions(conn: Connection, schema: str) -> int:
+    """The layout recorded in ``schema_settings``; 0 (plain) when nothing is recorded. A
+    role that may not read the table (``check_schema`` needs only the version table) gets
+    the layout from the catalog: the partitions of ``chat_turns``."""
+    cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
+    await cur.execute(q.SETTINGS_TABLE_EXISTS, (schema,))
+    row = await cur.fetchone()
+    if not (row and row[0]):
+        return 0
+    if not row[1]:
+        await cur.execute(q.COUNT_PARTITIONS, (schema,))
+        row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+    await cur.execute(sql.SQL(q.READ_PARTITIONS).format(table=_settings_table(schema)))
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 async def _read_recorded(conn: Connection, schema: str) -> dict[int, tuple[str, str]]:
@@ -141,23 +208,33 @@ async def _read_recorded(conn: Connection, schema: str) -> dict[int, tuple[str, 
 
 
 async def check_schema(conn: Connection, schema: str = DEFAULT_SCHEMA) -> SchemaStatus:
-    """Compare the database's ``schema_migrations`` with the migration files.
+    """Compare the database's ``schema_migrations`` with the migration files of the
+    schema's layout (``SchemaStatus.partitions``, read from ``schema_settings``).
 
-    Reads only the version table, so it needs no DDL rights; a missing table (or schema)
-    means nothing is applied. Safe inside the caller's transaction: nothing here fails.
+    Reads only the version and settings tables, so it needs no DDL rights; a missing table
+    (or schema) means nothing is applied. Safe inside the caller's transaction: nothing here
+    fails.
     """
     check_schema_name(schema)
-    files = migration_files()
     with driver_errors:
         cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
         await cur.execute(q.VERSION_TABLE_EXISTS, (schema,))
         row = await cur.fetchone()
         recorded = await _read_recorded(conn, schema) if row and row[0] else {}
-    return _compare(files, recorded)
+        partitions = await _read_partitions(conn, schema)
+    return _compare(migration_files(partitions), recorded, partitions)
 
 
-async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
+async def migrate(
+    conn: Connection, schema: str = DEFAULT_SCHEMA, partitions: int | None = None
+) -> list[int]:
     """Apply the pending migrations to ``schema``; return the versions applied, in order.
+
+    ``partitions`` chooses the table layout of a new schema: ``None`` or ``0`` plain,
+    ``N`` (2 to 1024) ``chat_turns`` hash-partitioned by ``tenant_id`` into ``N``
+    partitions (docs/schema.md, *The partitioned layout*). On a schema already migrated,
+    ``None`` keeps its layout and anything else must name that layout: another one raises
+    ``SchemaLayoutError`` and changes nothing.
 
     ``conn`` must not be inside a transaction: each migration runs in a transaction of its
     own (``SET LOCAL search_path`` to the schema), and a session-level advisory lock keeps
@@ -166,12 +243,12 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
     an applied file's checksum changed or a recorded version has no file.
     """
     check_schema_name(schema)
+    requested = check_partitions(partitions)
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise MigrationError(
             "migrate() needs a connection outside any transaction: each migration runs in "
             "a transaction of its own (use an autocommit connection, or commit first)"
         )
-    files = migration_files()
     restore_autocommit = conn.autocommit
     with driver_errors:
         if not restore_autocommit:
@@ -179,7 +256,7 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
         try:
             await conn.execute(q.MIGRATION_LOCK, (schema,))
             try:
-                return await _migrate_locked(conn, schema, files)
+                return await _migrate_locked(conn, schema, requested)
             finally:
                 if not conn.closed:
                     await conn.execute(q.MIGRATION_UNLOCK, (schema,))
@@ -188,13 +265,28 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
                 await conn.set_autocommit(False)
 
 
-async def _migrate_locked(conn: Connection, schema: str, files: list[Migration]) -> list[int]:
+async def _layout(conn: Connection, schema: str, requested: int | None) -> int:
+    """The layout to migrate ``schema`` with: the recorded one once 0001 is applied (a
+    schema from before the settings table is plain), else the requested one."""
+    recorded = await _read_recorded(conn, schema)
+    if 1 not in recorded:
+        return requested or 0
+    partitions = await _read_partitions(conn, schema)
+    if requested is not None and requested != partitions:
+        raise SchemaLayoutError(schema, partitions=partitions, requested=requested)
+    return partitions
+
+
+async def _migrate_locked(conn: Connection, schema: str, requested: int | None) -> list[int]:
     schema_ident = sql.Identifier(schema)
     cur = await conn.execute(q.SCHEMA_EXISTS, (schema,))
     if await cur.fetchone() is None:
         await conn.execute(sql.SQL(q.CREATE_SCHEMA).format(schema=schema_ident))
     await conn.execute(sql.SQL(q.CREATE_VERSION_TABLE).format(table=_version_table(schema)))
-    status = _compare(files, await _read_recorded(conn, schema))
+    partitions = await _layout(conn, schema, requested)
+    await conn.execute(sql.SQL(q.CREATE_SETTINGS_TABLE).format(table=_settings_table(schema)))
+    files = migration_files(partitions)
+    status = _compare(files, await _read_recorded(conn, schema), partitions)
     if status.changed:
         raise MigrationError(
             f"applied migration(s) {list(status.changed)} in schema {schema!r} no longer "
@@ -207,6 +299,9 @@ async def _migrate_locked(conn: Connection, schema: str, files: list[Migration])
         )
     record = sql.SQL(q.RECORD_VERSION).format(table=q.param_ident(schema, "schema_migrations"))
     set_path = sql.SQL(q.SET_LOCAL_SEARCH_PATH).format(schema=schema_ident)
+    record_layout = sql.SQL(q.RECORD_PARTITIONS).format(
+        table=q.param_ident(schema, "schema_settings")
+    )
     applied: list[int] = []
     for m in files:
         if m.version not in status.pending:
@@ -214,7 +309,9 @@ async def _migrate_locked(conn: Connection, schema: str, files: list[Migration])
         try:
             async with conn.transaction():
                 await conn.execute(set_path)
+                await conn.execute(q.SET_LOCAL_PARTITIONS, (str(partitions),))
                 await conn.execute(m.sql.encode("utf-8"))
+                await conn.execute(record_layout, (str(partitions),))
                 await conn.execute(record, (m.version, m.name, m.checksum))
         except psycopg.Error as exc:
             if translate(exc) is not None:

@@ -89,6 +89,9 @@ class PostgresTurnRepository:
         "_classify",
         "_count_purgeable",
         "_count_tenant",
+        "_create_head",
+        "_create_visible_head",
+        "_erase_heads",
         "_erase_tenant",
         "_finalize_orphan",
         "_find_by_request",
@@ -127,7 +130,9 @@ class PostgresTurnRepository:
         self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema)
         self._find_orphans = render(q.FIND_ORPHANS, schema)
         self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema)
-        self._lock_chat = q.LOCK_CHAT
+        self._create_head = render(q.CREATE_CHAT_HEAD, schema)
+        self._lock_chat = render(q.LOCK_CHAT, schema)
+        self._create_visible_head = render_scoped(q.CREATE_VISIBLE_CHAT_HEAD, schema)
         self._lock_visible_chat = render_scoped(q.LOCK_VISIBLE_CHAT, schema)
         self._latest_for_update = render_scoped(q.LATEST_FOR_UPDATE, schema)
         self._latest_id = render_scoped(q.LATEST_ID, schema)
@@ -142,6 +147,7 @@ class PostgresTurnRepository:
         self._purge = render(q.PURGE_TURNS, schema)
         self._count_purgeable = render(q.COUNT_PURGEABLE, schema)
         self._erase_tenant = render(q.ERASE_TENANT, schema)
+        self._erase_heads = render(q.ERASE_TENANT_HEADS, schema)
         self._count_tenant = render(q.COUNT_TENANT, schema)
         self._scopes: dict[int, CompiledScope] = {}
 
@@ -228,6 +234,7 @@ class PostgresTurnRepository:
             params.minimal_generation_floor_applied,
             params.web_search_enabled,
             params.request_fingerprint,
+            params.id,
         )
         with driver_errors:
             for _ in range(rules.MAX_INSERT_ATTEMPTS):
@@ -387,15 +394,17 @@ class PostgresTurnRepository:
     async def find_latest_for_update(
         self, runner: Connection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
-        """Serialize the chat with a transaction-level advisory lock, then read and lock its
-        latest turn in a new statement (a fresh snapshot taken after the wait), then read
-        the latest id once more: if a transaction that bypassed the chat lock replaced the
-        turn we waited on, ``FOR UPDATE`` hands back an older row, and we go again.
+        """Serialize the chat with a row lock on its ``chat_heads`` row (created on first
+        use), then read and lock its latest turn in a new statement (a fresh snapshot taken
+        after the wait), then read the latest id once more: if a transaction that bypassed
+        the chat lock replaced the turn we waited on, ``FOR UPDATE`` hands back an older
+        row, and we go again.
 
-        All three statements go out in one round trip (pipeline mode). The chat lock is keyed
-        by tenant and chat and taken only for a chat the scope can see: at once when the
-        scope permits the whole tenant (a pure check), else only when the lock statement
-        itself finds a live turn of the chat in scope (docs/design.md, *The latest-turn lock*).
+        All four statements go out in one round trip (pipeline mode). The chat lock is keyed
+        by tenant and chat, lives in the tenant's partition, and is taken only for a chat
+        the scope can see: at once when the scope permits the whole tenant (a pure check),
+        else only when the lock statements themselves find a live turn of the chat in scope
+        (docs/design.md, *The latest-turn lock*).
         """
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
@@ -403,14 +412,17 @@ class PostgresTurnRepository:
         select = compiled.statement(self._latest_for_update)
         verify = compiled.statement(self._latest_id)
         select_params = (tenant_id, chat_id, *compiled.params)
-        lock: str | None
+        lock: tuple[str, str] | None
         lock_params: tuple[Any, ...]
         if scope.permits_tenant(tenant_id):
-            lock, lock_params = self._lock_chat, (tenant_id, chat_id)
+            lock, lock_params = (self._create_head, self._lock_chat), (tenant_id, chat_id)
         elif scope.is_deny_all:
             lock, lock_params = None, ()
         else:
-            lock = compiled.statement(self._lock_visible_chat)
+            lock = (
+                compiled.statement(self._create_visible_head),
+                compiled.statement(self._lock_visible_chat),
+            )
             lock_params = (tenant_id, chat_id, tenant_id, chat_id, *compiled.params)
         with driver_errors:
             turn: Turn | None = None
@@ -419,7 +431,8 @@ class PostgresTurnRepository:
                 check = runner.cursor()
                 async with runner.pipeline():
                     if lock is not None:
-                        await runner.execute(lock, lock_params)
+                        await runner.execute(lock[0], lock_params)
+                        await runner.execute(lock[1], lock_params)
                     await locked.execute(select, select_params)
                     await check.execute(verify, select_params)
                 turn = await locked.fetchone()
@@ -515,6 +528,9 @@ class PostgresTurnRepository:
         validate_retention_args(None, limit)
         with driver_errors:
             cur = await runner.execute(self._erase_tenant, (tenant_id, limit))
+            if cur.rowcount < limit:
+                # The last batch: the tenant's chat_heads rows go with it.
+                await runner.execute(self._erase_heads, (tenant_id,))
         return cur.rowcount
 
     async def count_tenant_turns(self, runner: Connection, tenant_id: UUID) -> int:

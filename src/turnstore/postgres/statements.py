@@ -2,6 +2,7 @@
 
 Placeholders in braces are identifiers, filled in once per schema by ``render`` through
 ``psycopg.sql.Identifier``: ``{turns}`` is the schema-qualified ``chat_turns`` table,
+``{heads}`` its ``chat_heads`` (the rows the chat lock locks),
 ``{counter}`` a tool counter column, ``{table}`` / ``{schema}`` the migration bookkeeping.
 ``{scope}`` marks where the compiled ``AccessScope`` expression goes (see
 ``turnstore.postgres.scope``). Values are always ``%s`` parameters, in text order: a
@@ -19,9 +20,9 @@ each such statement to prove it.
 Advisory lock classes (two-key form ``pg_advisory[_xact]_lock(class, key)``) used here;
 a host should not use these class ids for its own locks:
 
-- ``CHAT_LOCK_CLASS`` (1414742856, ASCII ``TSCH``): serializes ``find_latest_for_update``
-  per chat, key ``hashtext(tenant_id::text || chat_id::text)`` (a chat is identified by
-  tenant and chat), held until the transaction ends.
+- ``CHAT_LOCK_CLASS`` (1414742856, ASCII ``TSCH``): no longer taken; the per-chat lock
+  of ``find_latest_for_update`` is a row lock on ``chat_heads`` (``LOCK_CHAT``). Kept
+  reserved, as earlier versions took it.
 - ``MIGRATION_LOCK_CLASS`` (1414745415, ASCII ``TSMG``): serializes ``migrate`` per schema,
   key ``hashtext(schema)``, held for the duration of the run.
 """
@@ -39,12 +40,17 @@ __all__ = [
     "CAS_STATE",
     "CHAT_LOCK_CLASS",
     "CLASSIFY_CONFLICT",
+    "COUNT_PARTITIONS",
     "COUNT_PURGEABLE",
     "COUNT_TENANT",
+    "CREATE_CHAT_HEAD",
     "CREATE_SCHEMA",
+    "CREATE_SETTINGS_TABLE",
     "CREATE_VERSION_TABLE",
+    "CREATE_VISIBLE_CHAT_HEAD",
     "DEFAULT_SCHEMA",
     "ERASE_TENANT",
+    "ERASE_TENANT_HEADS",
     "FINALIZE_ORPHAN",
     "FIND_BY_REQUEST",
     "FIND_LATEST",
@@ -64,13 +70,19 @@ __all__ = [
     "MIGRATION_LOCK_CLASS",
     "MIGRATION_UNLOCK",
     "PURGE_TURNS",
+    "READ_PARTITIONS",
     "READ_VERSIONS",
     "RELEASE_LEASE",
+    "RECORD_PARTITIONS",
     "RECORD_VERSION",
     "SCHEMA_EXISTS",
     "SCRIPT_HEADER",
+    "SCRIPT_RECORD_PARTITIONS",
     "SCRIPT_RECORD_VERSION",
+    "SCRIPT_SET_PARTITIONS",
     "SET_ASSISTANT_MESSAGE",
+    "SETTINGS_TABLE_EXISTS",
+    "SET_LOCAL_PARTITIONS",
     "SET_LOCAL_SEARCH_PATH",
     "SOFT_DELETE",
     "STILL_RUNNING",
@@ -89,8 +101,8 @@ __all__ = [
 #: The schema a store, repository or migration uses unless told otherwise.
 DEFAULT_SCHEMA = "turnstore"
 
-#: Advisory lock class of the per-chat lock taken by ``find_latest_for_update`` ("TSCH").
-#: Written out as a number in ``LOCK_CHAT``; a test keeps the two equal.
+#: Advisory lock class of the per-chat lock earlier versions took in
+#: ``find_latest_for_update`` ("TSCH"); now a row lock on ``chat_heads``. Still reserved.
 CHAT_LOCK_CLASS = 0x54534348
 #: Advisory lock class of the per-schema lock taken by ``migrate`` ("TSMG").
 #: Written out as a number in ``MIGRATION_LOCK`` and ``MIGRATION_UNLOCK``.
@@ -131,6 +143,9 @@ TURN_COLUMNS: tuple[str, ...] = (
 
 # --------------------------------------------------------------------------- turns
 
+# The id check (NOT EXISTS) makes a turn id unique across tenants on both layouts; on the
+# partitioned layout the primary key is (id, tenant_id) and alone would not
+# (docs/schema.md, The partitioned layout). The casts type the parameters as VALUES would.
 INSERT_TURN = """
 WITH clock AS (SELECT clock_timestamp() AS ts)
 INSERT INTO {turns} (
@@ -138,11 +153,13 @@ INSERT INTO {turns} (
     provider_name, reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
     policy_version_applied, effective_model, minimal_generation_floor_applied,
     web_search_enabled, request_fingerprint, started_at, last_progress_at, updated_at)
-VALUES (
-    %s, %s, %s, %s, %s, %s, 'running',
-    %s, %s, %s, %s,
-    %s, %s, %s,
-    %s, %s, (SELECT ts FROM clock), (SELECT ts FROM clock), (SELECT ts FROM clock))
+SELECT
+    %s::uuid, %s::uuid, %s::uuid, %s::uuid, %s::varchar, %s::uuid, 'running',
+    %s::varchar, %s::bigint, %s::int, %s::bigint,
+    %s::bigint, %s::varchar, %s::int,
+    %s::boolean, %s::text, clock.ts, clock.ts, clock.ts
+FROM clock
+WHERE NOT EXISTS (SELECT 1 FROM {turns} WHERE id = %s)
 ON CONFLICT DO NOTHING
 RETURNING
     id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
@@ -315,17 +332,40 @@ STILL_RUNNING = """
 SELECT id FROM {turns} WHERE id = ANY(%s) AND state = 'running'
 """
 
-# 1414742856 is CHAT_LOCK_CLASS. For a scope that permits the whole tenant (a pure check,
-# ``AccessScope.permits_tenant``).
-LOCK_CHAT = "SELECT pg_advisory_xact_lock(1414742856, hashtext(%s::text || %s::text))"
+# The chat lock: a row lock on the chat's row of chat_heads, held until the transaction
+# ends. The row is created on first use (INSERT ... ON CONFLICT DO NOTHING: a second
+# inserter waits for the first to end) and locked by the next statement, whose fresh
+# snapshot sees it. A row lock lives with the tenant's rows (its partition, or its shard
+# on a distributed PostgreSQL), where an advisory lock would be local to one node
+# (docs/design.md, *The latest-turn lock*; docs/scaling.md).
+#
+# For a scope that permits the whole tenant (a pure check, ``AccessScope.permits_tenant``).
+CREATE_CHAT_HEAD = """
+INSERT INTO {heads} (tenant_id, chat_id) VALUES (%s, %s) ON CONFLICT DO NOTHING
+"""
 
-# The chat lock for any other scope (one that names turns): taken only when the scope sees
-# a live turn of the chat, checked in the same statement, so a caller never holds, or waits
-# for, the lock of a chat it cannot see (docs/design.md, *The latest-turn lock*).
-LOCK_VISIBLE_CHAT = """
-SELECT pg_advisory_xact_lock(1414742856, hashtext(%s::text || %s::text))
+LOCK_CHAT = """
+SELECT 1 FROM {heads} WHERE tenant_id = %s AND chat_id = %s FOR UPDATE
+"""
+
+# The chat lock for any other scope (one that names turns): created and taken only when the
+# scope sees a live turn of the chat, checked in the same statements, so a caller never
+# holds, or waits for, the lock of a chat it cannot see (docs/design.md, *The latest-turn
+# lock*).
+CREATE_VISIBLE_CHAT_HEAD = """
+INSERT INTO {heads} (tenant_id, chat_id)
+SELECT %s::uuid, %s::uuid
 WHERE EXISTS (SELECT 1 FROM {turns}
                WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope}))
+ON CONFLICT DO NOTHING
+"""
+
+LOCK_VISIBLE_CHAT = """
+SELECT 1 FROM {heads}
+WHERE tenant_id = %s AND chat_id = %s
+  AND EXISTS (SELECT 1 FROM {turns}
+               WHERE tenant_id = %s AND chat_id = %s AND deleted_at IS NULL AND ({scope}))
+FOR UPDATE
 """
 
 LATEST_FOR_UPDATE = """
@@ -458,6 +498,11 @@ WHERE id = ANY (ARRAY(
     FOR UPDATE))
 """
 
+# Erasure of a tenant's chat_heads rows, after its last batch of turns.
+ERASE_TENANT_HEADS = """
+DELETE FROM {heads} WHERE tenant_id = %s
+"""
+
 COUNT_TENANT = """
 SELECT count(*) FROM {turns} WHERE tenant_id = %s
 """
@@ -516,11 +561,50 @@ CREATE_SCHEMA = "CREATE SCHEMA {schema}"
 
 SET_LOCAL_SEARCH_PATH = "SET LOCAL search_path TO {schema}"
 
+# The layout bookkeeping: ``{table}`` is the schema-qualified ``schema_settings``, one row
+# per setting. The row ``partitions`` records the layout chosen when the schema was first
+# migrated: '0' plain, 'N' chat_turns hash-partitioned by tenant_id into N partitions. A
+# schema migrated before the table existed has no row: plain.
+CREATE_SETTINGS_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    name text PRIMARY KEY,
+    value text NOT NULL)
+"""
+
+# Whether schema_settings exists, and whether this role may read it.
+SETTINGS_TABLE_EXISTS = """
+SELECT t IS NOT NULL, COALESCE(has_table_privilege(t, 'SELECT'), false)
+FROM to_regclass(quote_ident(%s) || '.schema_settings') AS t
+"""
+
+# The layout as the catalog shows it, for a role that may not read schema_settings: the
+# number of partitions of chat_turns (0: plain). Catalogs need no privileges.
+COUNT_PARTITIONS = """
+SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass(quote_ident(%s) || '.chat_turns')
+"""
+
+READ_PARTITIONS = "SELECT value FROM {table} WHERE name = 'partitions'"
+
+RECORD_PARTITIONS = """
+INSERT INTO {table} (name, value) VALUES ('partitions', %s) ON CONFLICT (name) DO NOTHING
+"""
+
+# What a partitioned-layout migration file reads for the partition count, for the rest of
+# the migration's transaction.
+SET_LOCAL_PARTITIONS = "SELECT set_config('turnstore.partitions', %s, true)"
+
 # The script of ``schema_sql``, for a host's own DDL tool: no parameters, values as literals.
 SCRIPT_HEADER = """
 -- turnstore schema {schema}
 CREATE SCHEMA IF NOT EXISTS {schema};
 SET search_path TO {schema};
+"""
+
+SCRIPT_SET_PARTITIONS = "SET turnstore.partitions = {partitions};"
+
+SCRIPT_RECORD_PARTITIONS = """
+INSERT INTO {table} (name, value) VALUES ('partitions', {partitions})
+ON CONFLICT (name) DO NOTHING;
 """
 
 SCRIPT_RECORD_VERSION = """
@@ -570,6 +654,7 @@ def render(template: str, schema: str, **identifiers: str) -> str:
     names = {key: param_ident(value) for key, value in identifiers.items()}
     query = sql.SQL(template.strip()).format(
         turns=param_ident(schema, "chat_turns"),
+        heads=param_ident(schema, "chat_heads"),
         scope=sql.SQL(SCOPE_MARK),
         channel=sql.Literal(finalize_channel(schema)),
         **names,

@@ -308,10 +308,11 @@ class PostgresStore:
         finally:
             await _give_back(self._pool, conn)
 
-    async def migrate(self) -> None:
-        """Apply pending migrations to this store's schema (see ``migrate``)."""
+    async def migrate(self, partitions: int | None = None) -> None:
+        """Apply pending migrations to this store's schema (see ``migrate``); ``partitions``
+        chooses the layout of a new schema (docs/schema.md, *The partitioned layout*)."""
         async with self.connection() as conn:
-            await migrate(conn, schema=self.schema)
+            await migrate(conn, schema=self.schema, partitions=partitions)
 
     async def check_schema(self) -> SchemaStatus:
         """Whether this store's schema is current (see ``check_schema``)."""

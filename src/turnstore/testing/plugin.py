@@ -8,7 +8,10 @@ list of backends); or, without code, by choosing backends with ``--turnstore-bac
 (repeatable) or the ``turnstore_backends`` ini key.
 
 - ``turnstore_admin_dsn`` (session): a PostgreSQL server (see ``turnstore.embedded``).
-- ``turnstore_template_db``: a database migrated once per schema name, cloned per test.
+- ``turnstore_template_db``: a database migrated once per schema name, cloned per test;
+  with the environment variable ``TURNSTORE_TEST_PARTITIONS=N`` set, migrated with the
+  partitioned layout of ``N`` partitions (docs/schema.md, *The partitioned layout*), so
+  every PostgreSQL-backed fixture runs on that layout.
 - ``turnstore_pg_dsn``: a fresh migrated database for one test, dropped afterwards.
 - ``turnstore_postgres_store`` / ``turnstore_memory_store``: an open store of each kind.
 - ``turnstore_backend``: a ``BackendHarness``, parametrized over ``memory`` and ``postgres``.
@@ -17,6 +20,7 @@ list of backends); or, without code, by choosing backends with ``--turnstore-bac
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -46,11 +50,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "ENV_PARTITIONS",
     "INI_KEY",
     "OPTION",
     "pytest_addoption",
     "pytest_collection_modifyitems",
     "selected_backends",
+    "partitions_under_test",
     "turnstore_admin_dsn",
     "turnstore_backend",
     "turnstore_backend_name",
@@ -69,6 +75,23 @@ __all__ = [
 BACKENDS = ("memory", "postgres")
 OPTION = "--turnstore-backend"
 INI_KEY = "turnstore_backends"
+#: The environment variable choosing the layout the fixtures migrate with.
+ENV_PARTITIONS = "TURNSTORE_TEST_PARTITIONS"
+
+
+def partitions_under_test() -> int | None:
+    """The partition count of ``TURNSTORE_TEST_PARTITIONS`` (unset or empty: ``None``, the
+    plain layout); a value ``migrate`` would refuse stops the run."""
+    from turnstore.errors import InvalidParameterError
+    from turnstore.validation import check_partitions
+
+    text = os.environ.get(ENV_PARTITIONS, "").strip()
+    if not text:
+        return None
+    try:
+        return check_partitions(int(text), ENV_PARTITIONS)
+    except (ValueError, InvalidParameterError) as exc:
+        raise pytest.UsageError(f"{ENV_PARTITIONS}={text!r}: {exc}") from exc
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -140,7 +163,8 @@ def turnstore_template_dbs(turnstore_admin_dsn: str) -> Iterator[dict[str, str]]
 def turnstore_template_db(
     turnstore_admin_dsn: str, turnstore_template_dbs: dict[str, str], turnstore_schema: str
 ) -> str:
-    """A database with every migration applied in ``turnstore_schema``, used as TEMPLATE."""
+    """A database with every migration applied in ``turnstore_schema``, used as TEMPLATE;
+    in the layout ``TURNSTORE_TEST_PARTITIONS`` names (``partitions_under_test``)."""
     import psycopg
 
     from turnstore.postgres import migrate
@@ -148,13 +172,14 @@ def turnstore_template_db(
     name = turnstore_template_dbs.get(turnstore_schema)
     if name is not None:
         return name
+    partitions = partitions_under_test()
     name = f"turnstore_tmpl_{uuid.uuid4().hex[:12]}"
     dsn = create_database(turnstore_admin_dsn, name)
     turnstore_template_dbs[turnstore_schema] = name
 
     async def _migrate() -> None:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await migrate(conn, schema=turnstore_schema)
+            await migrate(conn, schema=turnstore_schema, partitions=partitions)
 
     asyncio.run(_migrate())
     return name

@@ -4,8 +4,15 @@
 Each file runs in a transaction of its own under a session-level advisory lock per schema
 (``MIGRATION_LOCK_CLASS``) and is recorded with its sha256 in ``schema_migrations``; a file
 whose checksum changed after it was applied, or a recorded version with no file, makes
-``migrate`` refuse. ``check_schema`` reads only the version table; ``schema_sql`` prints the
-same schema as one script for hosts that apply DDL with their own tool.
+``migrate`` refuse. ``check_schema`` reads only the version and settings tables;
+``schema_sql`` prints the same schema as one script for hosts that apply DDL with their own
+tool.
+
+The table layout (docs/schema.md, *The partitioned layout*) is chosen when a schema is
+first migrated: plain, or ``chat_turns`` hash-partitioned by ``tenant_id``
+(``partitions=N``). It is recorded in ``schema_settings`` and never changes; a
+partitioned schema runs the files of ``turnstore/sql/partitioned`` in place of the
+plain files of the same version, and records their checksums.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from turnstore.errors import MigrationError
+from turnstore.errors import MigrationError, SchemaLayoutError
 from turnstore.postgres import statements as q
 from turnstore.postgres.errors import driver_errors, translate
 from turnstore.postgres.migrations import (
+    _MIGRATION_NAME,
     Migration,
     SchemaStatus,
     _compare,
@@ -28,10 +36,47 @@ from turnstore.postgres.migrations import (
     schema_sql,
 )
 from turnstore.postgres.statements import DEFAULT_SCHEMA
-from turnstore.validation import check_schema_name
+from turnstore.validation import check_partitions, check_schema_name
 
 __all__ = ["Migration", "SchemaStatus", "check_schema", "migrate", "migration_files", "schema_sql"]
 Connection = psycopg.Connection[Any]
+
+
+def _read_directory(directory: Any) -> dict[int, Migration]:
+    found: dict[int, Migration] = {}
+    for entry in directory.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"two migration files share version {version}")
+        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+    if not found:
+        raise MigrationError(f"no migration files found in {directory}")
+    return found
+
+
+def _settings_table(schema: str) -> sql.Identifier:
+    return sql.Identifier(schema, "schema_settings")
+
+
+def _read_partitions(conn: Connection, schema: str) -> int:
+    """The layout recorded in ``schema_settings``; 0 (plain) when nothing is recorded. A
+    role that may not read the table (``check_schema`` needs only the version table) gets
+    the layout from the catalog: the partitions of ``chat_turns``."""
+    cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
+    cur.execute(q.SETTINGS_TABLE_EXISTS, (schema,))
+    row = cur.fetchone()
+    if not (row and row[0]):
+        return 0
+    if not row[1]:
+        cur.execute(q.COUNT_PARTITIONS, (schema,))
+        row = cur.fetchone()
+        return int(row[0]) if row is not None else 0
+    cur.execute(sql.SQL(q.READ_PARTITIONS).format(table=_settings_table(schema)))
+    row = cur.fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _read_recorded(conn: Connection, schema: str) -> dict[int, tuple[str, str]]:
@@ -42,23 +87,33 @@ def _read_recorded(conn: Connection, schema: str) -> dict[int, tuple[str, str]]:
 
 
 def check_schema(conn: Connection, schema: str = DEFAULT_SCHEMA) -> SchemaStatus:
-    """Compare the database's ``schema_migrations`` with the migration files.
+    """Compare the database's ``schema_migrations`` with the migration files of the
+    schema's layout (``SchemaStatus.partitions``, read from ``schema_settings``).
 
-    Reads only the version table, so it needs no DDL rights; a missing table (or schema)
-    means nothing is applied. Safe inside the caller's transaction: nothing here fails.
+    Reads only the version and settings tables, so it needs no DDL rights; a missing table
+    (or schema) means nothing is applied. Safe inside the caller's transaction: nothing here
+    fails.
     """
     check_schema_name(schema)
-    files = migration_files()
     with driver_errors:
         cur = conn.cursor(row_factory=psycopg.rows.tuple_row)
         cur.execute(q.VERSION_TABLE_EXISTS, (schema,))
         row = cur.fetchone()
         recorded = _read_recorded(conn, schema) if row and row[0] else {}
-    return _compare(files, recorded)
+        partitions = _read_partitions(conn, schema)
+    return _compare(migration_files(partitions), recorded, partitions)
 
 
-def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
+def migrate(
+    conn: Connection, schema: str = DEFAULT_SCHEMA, partitions: int | None = None
+) -> list[int]:
     """Apply the pending migrations to ``schema``; return the versions applied, in order.
+
+    ``partitions`` chooses the table layout of a new schema: ``None`` or ``0`` plain,
+    ``N`` (2 to 1024) ``chat_turns`` hash-partitioned by ``tenant_id`` into ``N``
+    partitions (docs/schema.md, *The partitioned layout*). On a schema already migrated,
+    ``None`` keeps its layout and anything else must name that layout: another one raises
+    ``SchemaLayoutError`` and changes nothing.
 
     ``conn`` must not be inside a transaction: each migration runs in a transaction of its
     own (``SET LOCAL search_path`` to the schema), and a session-level advisory lock keeps
@@ -67,11 +122,11 @@ def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
     an applied file's checksum changed or a recorded version has no file.
     """
     check_schema_name(schema)
+    requested = check_partitions(partitions)
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise MigrationError(
             "migrate() needs a connection outside any transaction: each migration runs in a transaction of its own (use an autocommit connection, or commit first)"
         )
-    files = migration_files()
     restore_autocommit = conn.autocommit
     with driver_errors:
         if not restore_autocommit:
@@ -79,7 +134,7 @@ def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
         try:
             conn.execute(q.MIGRATION_LOCK, (schema,))
             try:
-                return _migrate_locked(conn, schema, files)
+                return _migrate_locked(conn, schema, requested)
             finally:
                 if not conn.closed:
                     conn.execute(q.MIGRATION_UNLOCK, (schema,))
@@ -88,13 +143,28 @@ def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
                 conn.set_autocommit(False)
 
 
-def _migrate_locked(conn: Connection, schema: str, files: list[Migration]) -> list[int]:
+def _layout(conn: Connection, schema: str, requested: int | None) -> int:
+    """The layout to migrate ``schema`` with: the recorded one once 0001 is applied (a
+    schema from before the settings table is plain), else the requested one."""
+    recorded = _read_recorded(conn, schema)
+    if 1 not in recorded:
+        return requested or 0
+    partitions = _read_partitions(conn, schema)
+    if requested is not None and requested != partitions:
+        raise SchemaLayoutError(schema, partitions=partitions, requested=requested)
+    return partitions
+
+
+def _migrate_locked(conn: Connection, schema: str, requested: int | None) -> list[int]:
     schema_ident = sql.Identifier(schema)
     cur = conn.execute(q.SCHEMA_EXISTS, (schema,))
     if cur.fetchone() is None:
         conn.execute(sql.SQL(q.CREATE_SCHEMA).format(schema=schema_ident))
     conn.execute(sql.SQL(q.CREATE_VERSION_TABLE).format(table=_version_table(schema)))
-    status = _compare(files, _read_recorded(conn, schema))
+    partitions = _layout(conn, schema, requested)
+    conn.execute(sql.SQL(q.CREATE_SETTINGS_TABLE).format(table=_settings_table(schema)))
+    files = migration_files(partitions)
+    status = _compare(files, _read_recorded(conn, schema), partitions)
     if status.changed:
         raise MigrationError(
             f"applied migration(s) {list(status.changed)} in schema {schema!r} no longer match their files (checksum changed); refusing to migrate"
@@ -105,6 +175,9 @@ def _migrate_locked(conn: Connection, schema: str, files: list[Migration]) -> li
         )
     record = sql.SQL(q.RECORD_VERSION).format(table=q.param_ident(schema, "schema_migrations"))
     set_path = sql.SQL(q.SET_LOCAL_SEARCH_PATH).format(schema=schema_ident)
+    record_layout = sql.SQL(q.RECORD_PARTITIONS).format(
+        table=q.param_ident(schema, "schema_settings")
+    )
     applied: list[int] = []
     for m in files:
         if m.version not in status.pending:
@@ -112,7 +185,9 @@ def _migrate_locked(conn: Connection, schema: str, files: list[Migration]) -> li
         try:
             with conn.transaction():
                 conn.execute(set_path)
+                conn.execute(q.SET_LOCAL_PARTITIONS, (str(partitions),))
                 conn.execute(m.sql.encode("utf-8"))
+                conn.execute(record_layout, (str(partitions),))
                 conn.execute(record, (m.version, m.name, m.checksum))
         except psycopg.Error as exc:
             if translate(exc) is not None:

@@ -60,6 +60,9 @@ class PostgresTurnRepository:
         "_classify",
         "_count_purgeable",
         "_count_tenant",
+        "_create_head",
+        "_create_visible_head",
+        "_erase_heads",
         "_erase_tenant",
         "_finalize_orphan",
         "_find_by_request",
@@ -98,7 +101,9 @@ class PostgresTurnRepository:
         self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema)
         self._find_orphans = render(q.FIND_ORPHANS, schema)
         self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema)
-        self._lock_chat = q.LOCK_CHAT
+        self._create_head = render(q.CREATE_CHAT_HEAD, schema)
+        self._lock_chat = render(q.LOCK_CHAT, schema)
+        self._create_visible_head = render_scoped(q.CREATE_VISIBLE_CHAT_HEAD, schema)
         self._lock_visible_chat = render_scoped(q.LOCK_VISIBLE_CHAT, schema)
         self._latest_for_update = render_scoped(q.LATEST_FOR_UPDATE, schema)
         self._latest_id = render_scoped(q.LATEST_ID, schema)
@@ -113,6 +118,7 @@ class PostgresTurnRepository:
         self._purge = render(q.PURGE_TURNS, schema)
         self._count_purgeable = render(q.COUNT_PURGEABLE, schema)
         self._erase_tenant = render(q.ERASE_TENANT, schema)
+        self._erase_heads = render(q.ERASE_TENANT_HEADS, schema)
         self._count_tenant = render(q.COUNT_TENANT, schema)
         self._scopes: dict[int, CompiledScope] = {}
 
@@ -194,6 +200,7 @@ class PostgresTurnRepository:
             params.minimal_generation_floor_applied,
             params.web_search_enabled,
             params.request_fingerprint,
+            params.id,
         )
         with driver_errors:
             for _ in range(rules.MAX_INSERT_ATTEMPTS):
@@ -343,15 +350,17 @@ class PostgresTurnRepository:
     def find_latest_for_update(
         self, runner: Connection, scope: AccessScope, tenant_id: UUID, chat_id: UUID
     ) -> Turn | None:
-        """Serialize the chat with a transaction-level advisory lock, then read and lock its
-        latest turn in a new statement (a fresh snapshot taken after the wait), then read
-        the latest id once more: if a transaction that bypassed the chat lock replaced the
-        turn we waited on, ``FOR UPDATE`` hands back an older row, and we go again.
+        """Serialize the chat with a row lock on its ``chat_heads`` row (created on first
+        use), then read and lock its latest turn in a new statement (a fresh snapshot taken
+        after the wait), then read the latest id once more: if a transaction that bypassed
+        the chat lock replaced the turn we waited on, ``FOR UPDATE`` hands back an older
+        row, and we go again.
 
-        All three statements go out in one round trip (pipeline mode). The chat lock is keyed
-        by tenant and chat and taken only for a chat the scope can see: at once when the
-        scope permits the whole tenant (a pure check), else only when the lock statement
-        itself finds a live turn of the chat in scope (docs/design.md, *The latest-turn lock*).
+        All four statements go out in one round trip (pipeline mode). The chat lock is keyed
+        by tenant and chat, lives in the tenant's partition, and is taken only for a chat
+        the scope can see: at once when the scope permits the whole tenant (a pure check),
+        else only when the lock statements themselves find a live turn of the chat in scope
+        (docs/design.md, *The latest-turn lock*).
         """
         check_uuid("tenant_id", tenant_id)
         check_uuid("chat_id", chat_id)
@@ -359,14 +368,17 @@ class PostgresTurnRepository:
         select = compiled.statement(self._latest_for_update)
         verify = compiled.statement(self._latest_id)
         select_params = (tenant_id, chat_id, *compiled.params)
-        lock: str | None
+        lock: tuple[str, str] | None
         lock_params: tuple[Any, ...]
         if scope.permits_tenant(tenant_id):
-            lock, lock_params = (self._lock_chat, (tenant_id, chat_id))
+            lock, lock_params = ((self._create_head, self._lock_chat), (tenant_id, chat_id))
         elif scope.is_deny_all:
             lock, lock_params = (None, ())
         else:
-            lock = compiled.statement(self._lock_visible_chat)
+            lock = (
+                compiled.statement(self._create_visible_head),
+                compiled.statement(self._lock_visible_chat),
+            )
             lock_params = (tenant_id, chat_id, tenant_id, chat_id, *compiled.params)
         with driver_errors:
             turn: Turn | None = None
@@ -375,7 +387,8 @@ class PostgresTurnRepository:
                 check = runner.cursor()
                 with runner.pipeline():
                     if lock is not None:
-                        runner.execute(lock, lock_params)
+                        runner.execute(lock[0], lock_params)
+                        runner.execute(lock[1], lock_params)
                     locked.execute(select, select_params)
                     check.execute(verify, select_params)
                 turn = locked.fetchone()
@@ -467,6 +480,8 @@ class PostgresTurnRepository:
         validate_retention_args(None, limit)
         with driver_errors:
             cur = runner.execute(self._erase_tenant, (tenant_id, limit))
+            if cur.rowcount < limit:
+                runner.execute(self._erase_heads, (tenant_id,))
         return cur.rowcount
 
     def count_tenant_turns(self, runner: Connection, tenant_id: UUID) -> int:

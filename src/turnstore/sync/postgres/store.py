@@ -292,10 +292,11 @@ class PostgresStore:
         finally:
             _give_back(self._pool, conn)
 
-    def migrate(self) -> None:
-        """Apply pending migrations to this store's schema (see ``migrate``)."""
+    def migrate(self, partitions: int | None = None) -> None:
+        """Apply pending migrations to this store's schema (see ``migrate``); ``partitions``
+        chooses the layout of a new schema (docs/schema.md, *The partitioned layout*)."""
         with self.connection() as conn:
-            migrate(conn, schema=self.schema)
+            migrate(conn, schema=self.schema, partitions=partitions)
 
     def check_schema(self) -> SchemaStatus:
         """Whether this store's schema is current (see ``check_schema``)."""
