@@ -133,9 +133,18 @@ class TurnRepository(Protocol[RunnerT_contra]):
         ...
 
     async def cas_finalize_orphan(
-        self, runner: RunnerT_contra, turn_id: UUID, timeout_secs: int
+        self,
+        runner: RunnerT_contra,
+        turn_id: UUID,
+        timeout_secs: int,
+        *,
+        tenant_id: UUID | None = None,
     ) -> int:
         """Fail the turn with ``orphan_timeout`` if it is *still* an orphan; 1 if this call won.
+
+        ``tenant_id``, the candidate's (the watchdog passes it), also requires the turn to
+        be that tenant's, and lets the statement touch only the tenant's partition or shard
+        (docs/scaling.md); without it the turn is found by id alone.
 
         A win is announced to the store's finalize signals when it commits, so a stream
         waiting on ``KeepAlive.finalized`` stops (docs/lifecycle.md, *Cancel*); a CAS that

@@ -190,8 +190,10 @@ def check_partitions(value: object, name: str = "partitions") -> int | None:
     a partition count from 2 to ``MAX_PARTITIONS``. Returns it."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not (
-        value == 0 or 2 <= value <= MAX_PARTITIONS
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not (value == 0 or 2 <= value <= MAX_PARTITIONS)
     ):
         raise InvalidParameterError(
             f"{name} must be None, 0 (the plain layout) or an int in [2, {MAX_PARTITIONS}],"

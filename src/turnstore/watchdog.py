@@ -229,7 +229,10 @@ class OrphanWatchdog(Generic[RunnerT]):
         turns = self._store.turns
         async with self._store.transaction() as runner:
             won = await turns.cas_finalize_orphan(
-                runner, candidate.id, self._settings.orphan_timeout_secs
+                runner,
+                candidate.id,
+                self._settings.orphan_timeout_secs,
+                tenant_id=candidate.tenant_id,
             )
             if won != 1:
                 return None

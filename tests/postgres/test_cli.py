@@ -26,6 +26,7 @@ from turnstore.postgres import (
 from turnstore.rules import ORPHAN_ERROR_CODE
 from turnstore.scope import AccessScope
 from turnstore.testing.backends import PostgresHarness
+from turnstore.testing.plugin import partitions_under_test
 
 #: Every migration version, as the command line lists them ("0001, 0002").
 VERSIONS = ", ".join(f"{m.version:04d}" for m in migration_files())
@@ -103,7 +104,47 @@ async def test_check_passes_on_a_migrated_database(
     turnstore_pg_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await run_cli("migrate", "--check", "--dsn", turnstore_pg_dsn) == 0
-    assert capsys.readouterr().out == f"schema 'turnstore' is current (applied: {VERSIONS})\n"
+    # The layout is named when it is not the plain one (TURNSTORE_TEST_PARTITIONS).
+    partitions = partitions_under_test()
+    layout = f"; layout: hash-partitioned ({partitions} partitions)" if partitions else ""
+    assert (
+        capsys.readouterr().out == f"schema 'turnstore' is current (applied: {VERSIONS}{layout})\n"
+    )
+
+
+async def test_migrate_partitions_chooses_the_layout_once(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli("migrate", "--dsn", empty_dsn, "--partitions", "4") == 0
+    out = capsys.readouterr().out
+    files = migration_files(4)
+    assert (
+        out
+        == "".join(f"applied {m.version:04d}_{m.name} to schema 'turnstore'\n" for m in files)
+        + "layout: hash-partitioned (4 partitions)\n"
+    )
+    assert await run_cli("migrate", "--dsn", empty_dsn) == 0
+    assert capsys.readouterr().out == (
+        "schema 'turnstore' is up to date, layout: hash-partitioned (4 partitions)\n"
+    )
+    assert await run_cli("migrate", "--check", "--dsn", empty_dsn) == 0
+    assert "layout: hash-partitioned (4 partitions)" in capsys.readouterr().out
+    # Another count: a one-line typed error, nothing changed.
+    assert await run_cli("migrate", "--dsn", empty_dsn, "--partitions", "8") == EXIT_STORE_ERROR
+    captured = capsys.readouterr()
+    assert "hash-partitioned (4 partitions) layout" in captured.err
+    assert "Traceback" not in captured.err
+    async with await psycopg.AsyncConnection.connect(empty_dsn) as conn:
+        assert (await check_schema(conn)).partitions == 4
+
+
+@pytest.mark.parametrize("bad", ["1", "1025", "x", "-2"])
+async def test_migrate_refuses_a_bad_partition_count(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    assert await run_cli("migrate", "--dsn", empty_dsn, "--partitions", bad) != 0
+    assert "--partitions" in capsys.readouterr().err
+    assert "turnstore" not in await schemas(empty_dsn)
 
 
 async def test_a_changed_migration_is_refused_and_reported_by_check(

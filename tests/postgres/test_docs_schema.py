@@ -15,9 +15,15 @@ from psycopg.errors import ForeignKeyViolation
 from turnstore.model import CreateTurnParams, RequesterType
 from turnstore.postgres import PostgresStore
 from turnstore.scope import AccessScope
+from turnstore.testing.plugin import partitions_under_test
 
 DOC = (Path(__file__).parents[2] / "docs" / "schema.md").read_text(encoding="utf-8")
 FK_EXAMPLE = re.compile(r"<!-- example: foreign-keys -->\n```sql\n(?P<body>.*?)```", re.DOTALL)
+FK_EXAMPLE_PARTITIONED = re.compile(
+    r"<!-- example: foreign-keys-partitioned -->\n```sql\n(?P<body>.*?)```", re.DOTALL
+)
+#: The example of the layout under test (``TURNSTORE_TEST_PARTITIONS``).
+PARTITIONED = bool(partitions_under_test())
 
 
 async def catalog_names(dsn: str) -> dict[str, set[str]]:
@@ -49,7 +55,7 @@ async def test_every_column_constraint_and_index_is_documented(turnstore_pg_dsn:
 
 @pytest.fixture
 async def store_with_foreign_keys(turnstore_pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    match = FK_EXAMPLE.search(DOC)
+    match = (FK_EXAMPLE_PARTITIONED if PARTITIONED else FK_EXAMPLE).search(DOC)
     assert match is not None
     async with await psycopg.AsyncConnection.connect(turnstore_pg_dsn, autocommit=True) as conn:
         await conn.execute(match["body"].encode())
@@ -82,10 +88,17 @@ async def test_the_foreign_key_example_guards_turns(
 
         turn = await store.turns.create_turn(conn, scope, turn_params(tenant, chat))
         assert await store.turns.update_progress_at(conn, scope, turn.id) == 1
-        await conn.execute(
-            "INSERT INTO app.messages (id, chat_id, turn_id, body) VALUES (%s, %s, %s, 'hi')",
-            (uuid.uuid4(), chat, turn.id),
-        )
+        if PARTITIONED:
+            await conn.execute(
+                "INSERT INTO app.messages (id, tenant_id, chat_id, turn_id, body)"
+                " VALUES (%s, %s, %s, %s, 'hi')",
+                (uuid.uuid4(), tenant, chat, turn.id),
+            )
+        else:
+            await conn.execute(
+                "INSERT INTO app.messages (id, chat_id, turn_id, body) VALUES (%s, %s, %s, 'hi')",
+                (uuid.uuid4(), chat, turn.id),
+            )
 
         # Deleting the chat cascades to its turns and their messages.
         await conn.execute("DELETE FROM app.chats WHERE id = %s", (chat,))

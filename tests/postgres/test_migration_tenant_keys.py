@@ -48,7 +48,9 @@ async def conn(empty_dsn: str) -> AsyncIterator[Conn]:
 async def _migrate_before_0003(conn: Conn, monkeypatch: pytest.MonkeyPatch) -> None:
     files = pgm.migration_files()
     with monkeypatch.context() as patch:
-        patch.setattr(pgm, "migration_files", lambda partitions=0: [m for m in files if m.version < 3])
+        patch.setattr(
+            pgm, "migration_files", lambda partitions=0: [m for m in files if m.version < 3]
+        )
         await migrate(conn)
     assert (await check_schema(conn)).pending[0] == 3
 

@@ -40,6 +40,7 @@ from turnstore.postgres import (
 )
 from turnstore.postgres import statements as q
 from turnstore.postgres.errors import driver_errors
+from turnstore.postgres.scope import compile_scope
 from turnstore.testing.conformance import make_params
 
 Conn = psycopg.AsyncConnection[Any]
@@ -147,11 +148,13 @@ async def test_check_schema_reports_the_layout(part_conn: Conn) -> None:
     assert status.current
     assert status.partitions == PARTITIONS
     assert status.layout == "hash-partitioned (16 partitions)"
-    assert await _rows(
-        part_conn, "SELECT name, value FROM turnstore.schema_settings"
-    ) == [("partitions", "16")]
+    assert await _rows(part_conn, "SELECT name, value FROM turnstore.schema_settings") == [
+        ("partitions", "16")
+    ]
     # The checksums recorded are those of the partitioned files.
-    recorded = dict(await _rows(part_conn, "SELECT version, checksum FROM turnstore.schema_migrations"))
+    recorded = dict(
+        await _rows(part_conn, "SELECT version, checksum FROM turnstore.schema_migrations")
+    )
     assert recorded == {m.version: m.checksum for m in migration_files(PARTITIONS)}
     assert recorded[1] != migration_files()[0].checksum
 
@@ -227,23 +230,24 @@ def _partitions_scanned(plan: list[tuple[Any, ...]]) -> set[str]:
 
 
 async def test_a_single_tenant_scoped_statement_touches_one_partition(part_conn: Conn) -> None:
+    """Each statement as the repository runs it, with the scope compiled as it compiles
+    it (``compile_scope``): a single-tenant scope prunes to the tenant's partition."""
     repo = PostgresTurnRepository()
     tenant = uuid.uuid4()
-    async with part_conn.transaction():
-        pass
-    for _ in range(3):
-        params = make_params(tenant_id=tenant)
-        turn = await repo.create_turn(part_conn, ALLOW, params)
-    scope = AccessScope.for_tenant(tenant)
-    find_latest = q.render_scoped(q.FIND_LATEST, "turnstore").render("tenant_id = %s")
-    get_turn = q.render_scoped(q.GET_TURN, "turnstore").render("tenant_id = %s")
-    explained = [
-        (find_latest, (tenant, turn.chat_id, tenant)),
-        (get_turn, (turn.id, tenant)),
+    turn = await repo.create_turn(part_conn, ALLOW, make_params(tenant_id=tenant))
+    scope_sql, scope_params = compile_scope(AccessScope.for_tenant(tenant))
+    explained: list[tuple[str, tuple[Any, ...]]] = [
+        (q.FIND_LATEST, (tenant, turn.chat_id)),
+        (q.GET_TURN, (turn.id,)),
+        (q.UPDATE_PROGRESS, (turn.id,)),
+        (q.SOFT_DELETE, (None, turn.id)),
+        (q.LIST_TURNS_ALL, (turn.chat_id, tenant, turn.started_at, turn.id)),
     ]
-    assert scope.constraints  # the scope compiles to "tenant_id = %s"
-    for query, params in explained:
-        plan = await _rows(part_conn, "EXPLAIN " + query, params)
+    for template, head in explained:
+        query = q.render_scoped(template, "turnstore").render(scope_sql)
+        plan = await _rows(
+            part_conn, "EXPLAIN " + query, head + scope_params + (10,) * ("LIMIT %s" in template)
+        )
         assert len(_partitions_scanned(plan)) == 1, plan
     # Unscoped by tenant, a lookup by id probes every partition (the fan-out of
     # docs/scaling.md).
@@ -310,9 +314,9 @@ async def test_the_chat_lock_serializes_find_latest_for_update(
     await asyncio.wait_for(task, 60)
     assert events == ["first locked", "first commits", "second locked"]
     # The lock was a row lock on the chat's chat_heads row: no advisory lock.
-    assert await _rows(
-        part_conn, "SELECT tenant_id, chat_id FROM turnstore.chat_heads"
-    ) == [(params.tenant_id, params.chat_id)]
+    assert await _rows(part_conn, "SELECT tenant_id, chat_id FROM turnstore.chat_heads") == [
+        (params.tenant_id, params.chat_id)
+    ]
 
 
 async def test_the_chat_lock_is_held_until_the_transaction_ends(
@@ -324,7 +328,8 @@ async def test_the_chat_lock_is_held_until_the_transaction_ends(
         assert await part_store.turns.find_latest_for_update(conn, ALLOW, tenant, chat) is None
         pid = conn.info.backend_pid
         advisory = await _rows(
-            part_conn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s",
+            part_conn,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = %s",
             (pid,),
         )
         assert advisory == [(0,)]
@@ -359,8 +364,9 @@ _COLUMNS = (
 )
 
 
-async def _raw_insert(conn: Conn, turn_id: uuid.UUID, tenant: uuid.UUID, chat: uuid.UUID,
-                      request: uuid.UUID) -> None:
+async def _raw_insert(
+    conn: Conn, turn_id: uuid.UUID, tenant: uuid.UUID, chat: uuid.UUID, request: uuid.UUID
+) -> None:
     await conn.execute(
         sql.SQL(
             "INSERT INTO turnstore.chat_turns (" + _COLUMNS + ") VALUES"
@@ -377,15 +383,20 @@ async def test_unique_violations_of_partitions_are_typed(part_conn: Conn) -> Non
     await _raw_insert(part_conn, turn_id, tenant, chat, request)
     cases: list[tuple[tuple[uuid.UUID, ...], type[Exception], str]] = [
         ((turn_id, tenant, uuid.uuid4(), uuid.uuid4()), DuplicateTurnIdError, "chat_turns_pkey_p"),
-        ((uuid.uuid4(), tenant, chat, request), DuplicateRequestError,
-         "chat_turns_tenant_chat_request_key_p"),
-        ((uuid.uuid4(), tenant, chat, uuid.uuid4()), GenerationInProgressError,
-         "chat_turns_one_running_per_tenant_chat_p"),
+        (
+            (uuid.uuid4(), tenant, chat, request),
+            DuplicateRequestError,
+            "chat_turns_tenant_chat_request_key_p",
+        ),
+        (
+            (uuid.uuid4(), tenant, chat, uuid.uuid4()),
+            GenerationInProgressError,
+            "chat_turns_one_running_per_tenant_chat_p",
+        ),
     ]
     for values, error, index in cases:
-        with pytest.raises(error) as caught:
-            with driver_errors:
-                await _raw_insert(part_conn, *values)
+        with pytest.raises(error) as caught, driver_errors:
+            await _raw_insert(part_conn, *values)
         cause = caught.value.__cause__
         assert isinstance(cause, psycopg.errors.UniqueViolation)
         assert (cause.diag.constraint_name or "").startswith(index)

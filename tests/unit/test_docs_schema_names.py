@@ -11,11 +11,16 @@ DOC = (Path(__file__).parents[2] / "docs" / "schema.md").read_text(encoding="utf
 
 def test_the_documented_names_exist_in_the_migration() -> None:
     """The reverse direction, without a database: every chat_turns_* name in the doc is
-    created by a migration file."""
+    created by a migration file (of either layout). The partitions and their indexes
+    (``..._p<n>``) are named by the partitioned 0001's loop, not written out."""
     sql_text = "".join(
         p.read_text()
-        for p in (Path(__file__).parents[2] / "src" / "turnstore" / "sql").glob("*.sql")
+        for p in (Path(__file__).parents[2] / "src" / "turnstore" / "sql").glob("**/*.sql")
     )
-    documented = set(re.findall(r"`(chat_turns_\w+)`", DOC)) - {"chat_turns_pkey"}
+    documented = {
+        name
+        for name in re.findall(r"`(chat_turns_\w+)`", DOC)
+        if not re.search(r"_p[0-9]+$", name)
+    } - {"chat_turns_pkey"}
     assert documented
     assert sorted(n for n in documented if n not in sql_text) == []

@@ -13,7 +13,7 @@ from typing import TextIO, TypeAlias
 from turnstore._console import CONNECT_TIMEOUT_SECS, connect, format_table, one_line, open_store
 from turnstore.errors import InvalidParameterError
 from turnstore.postgres.store import check_dsn
-from turnstore.validation import check_schema_name
+from turnstore.validation import check_partitions, check_schema_name
 
 __all__ = [
     "Commands",
@@ -28,6 +28,7 @@ __all__ = [
     "UsageError",
     "add_command",
     "add_dsn",
+    "add_partitions",
     "add_schema",
     "check_argv",
     "connect",
@@ -99,6 +100,29 @@ def _schema_name(value: str) -> str:
         return check_schema_name(value, "schema name")
     except InvalidParameterError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_partitions(parser: argparse.ArgumentParser) -> None:
+    """``--partitions N``: the layout of a new schema (docs/schema.md, *The partitioned
+    layout*)."""
+    parser.add_argument(
+        "--partitions",
+        metavar="N",
+        type=_partitions,
+        default=None,
+        help="table layout of a new schema: 0 plain (the default), N from 2 to 1024 "
+        "hash-partitions chat_turns by tenant_id; an existing schema keeps its layout and "
+        "any other N is refused",
+    )
+
+
+def _partitions(value: str) -> int:
+    count = decimal_int(value)
+    try:
+        check_partitions(count, "--partitions")
+    except InvalidParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return count
 
 
 def decimal_int(value: str) -> int:

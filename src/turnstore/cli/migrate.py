@@ -14,6 +14,7 @@ from turnstore.cli._common import (
     Commands,
     add_command,
     add_dsn,
+    add_partitions,
     add_schema,
     connect,
     required_dsn,
@@ -39,10 +40,13 @@ def add_parser(commands: Commands) -> None:
         action="store_true",
         help="change nothing; exit 1 unless every migration is applied (needs no DDL rights)",
     )
+    add_partitions(p)
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
-    return asyncio.run(_migrate_command(required_dsn(args), args.schema, args.check, out))
+    return asyncio.run(
+        _migrate_command(required_dsn(args), args.schema, args.check, out, args.partitions)
+    )
 
 
 def _versions(versions: Sequence[int]) -> str:
@@ -54,21 +58,31 @@ def _describe_status(schema: str, status: SchemaStatus) -> str:
         status.require_current(schema)
     except SchemaMismatchError as exc:
         return str(exc)
-    return f"schema {schema!r} is current (applied: {_versions(status.applied)})"
+    return f"schema {schema!r} is current (applied: {_versions(status.applied)}{_layout(status)})"
 
 
-async def _migrate_command(dsn: str, schema: str, check: bool, out: TextIO) -> int:
+def _layout(status: SchemaStatus) -> str:
+    """The layout, named only when it is not the plain one."""
+    return f"; layout: {status.layout}" if status.partitions else ""
+
+
+async def _migrate_command(
+    dsn: str, schema: str, check: bool, out: TextIO, partitions: int | None = None
+) -> int:
     conn = await connect(dsn)
     async with conn:
         if check:
             status = await check_schema(conn, schema=schema)
             print(_describe_status(schema, status), file=out)
             return EXIT_OK if status.current else EXIT_STORE_ERROR
-        applied = await migrate(conn, schema=schema)
+        applied = await migrate(conn, schema=schema, partitions=partitions)
+        status = await check_schema(conn, schema=schema)
     if not applied:
-        print(f"schema {schema!r} is up to date", file=out)
+        print(f"schema {schema!r} is up to date{_layout(status).replace(';', ',')}", file=out)
         return EXIT_OK
-    names = {m.version: m.name for m in migration_files()}
+    names = {m.version: m.name for m in migration_files(status.partitions)}
     for version in applied:
         print(f"applied {version:04d}_{names[version]} to schema {schema!r}", file=out)
+    if status.partitions:
+        print(f"layout: {status.layout}", file=out)
     return EXIT_OK

@@ -94,6 +94,7 @@ class PostgresTurnRepository:
         "_erase_heads",
         "_erase_tenant",
         "_finalize_orphan",
+        "_finalize_tenant_orphan",
         "_find_by_request",
         "_find_latest",
         "_find_orphans",
@@ -130,6 +131,7 @@ class PostgresTurnRepository:
         self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema)
         self._find_orphans = render(q.FIND_ORPHANS, schema)
         self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema)
+        self._finalize_tenant_orphan = render(q.FINALIZE_TENANT_ORPHAN, schema)
         self._create_head = render(q.CREATE_CHAT_HEAD, schema)
         self._lock_chat = render(q.LOCK_CHAT, schema)
         self._create_visible_head = render_scoped(q.CREATE_VISIBLE_CHAT_HEAD, schema)
@@ -379,16 +381,28 @@ class PostgresTurnRepository:
             return await cur.fetchall()
 
     async def cas_finalize_orphan(
-        self, runner: Connection, turn_id: UUID, timeout_secs: int
+        self,
+        runner: Connection,
+        turn_id: UUID,
+        timeout_secs: int,
+        *,
+        tenant_id: UUID | None = None,
     ) -> int:
         """The protocol method, documented at
         [turnstore.repository.TurnRepository.cas_finalize_orphan][]."""
         check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
+        check_optional_uuid("tenant_id", tenant_id)
         with driver_errors:
-            cur = await runner.execute(
-                self._finalize_orphan, (ORPHAN_ERROR_CODE, turn_id, timeout_secs)
-            )
+            if tenant_id is None:
+                cur = await runner.execute(
+                    self._finalize_orphan, (ORPHAN_ERROR_CODE, turn_id, timeout_secs)
+                )
+            else:
+                cur = await runner.execute(
+                    self._finalize_tenant_orphan,
+                    (ORPHAN_ERROR_CODE, turn_id, tenant_id, timeout_secs),
+                )
         return cur.rowcount
 
     async def find_latest_for_update(

@@ -52,6 +52,7 @@ __all__ = [
     "ERASE_TENANT",
     "ERASE_TENANT_HEADS",
     "FINALIZE_ORPHAN",
+    "FINALIZE_TENANT_ORPHAN",
     "FIND_BY_REQUEST",
     "FIND_LATEST",
     "FIND_ORPHANS",
@@ -320,6 +321,24 @@ UPDATE {turns} SET
     updated_at = clock.ts
 FROM clock
 WHERE id = %s AND state = 'running' AND deleted_at IS NULL
+  AND last_progress_at <= clock.ts - make_interval(secs => %s)
+RETURNING id)
+SELECT pg_notify({channel}, id::text) FROM won
+"""
+
+# The same CAS given the candidate's tenant (the watchdog reads it off the candidate row):
+# pruned to the tenant's partition, a single-shard statement on a distributed PostgreSQL
+# (docs/scaling.md).
+FINALIZE_TENANT_ORPHAN = """
+WITH clock AS (SELECT clock_timestamp() AS ts),
+won AS (
+UPDATE {turns} SET
+    state = 'failed',
+    error_code = %s,
+    completed_at = clock.ts,
+    updated_at = clock.ts
+FROM clock
+WHERE id = %s AND tenant_id = %s AND state = 'running' AND deleted_at IS NULL
   AND last_progress_at <= clock.ts - make_interval(secs => %s)
 RETURNING id)
 SELECT pg_notify({channel}, id::text) FROM won

@@ -274,17 +274,26 @@ class InMemoryTurnRepository:
             return [_copy(t) for t in db.orphan_candidates(txn, now, timeout_secs, limit)]
 
     def cas_finalize_orphan(
-        self, runner: InMemoryConnection, turn_id: UUID, timeout_secs: int
+        self,
+        runner: InMemoryConnection,
+        turn_id: UUID,
+        timeout_secs: int,
+        *,
+        tenant_id: UUID | None = None,
     ) -> int:
         """The protocol method, documented at
         [turnstore.repository.TurnRepository.cas_finalize_orphan][]."""
         check_uuid("turn_id", turn_id)
         validate_orphan_args(timeout_secs)
+        check_optional_uuid("tenant_id", tenant_id)
         return _update_count(
             runner,
             None,
             turn_id,
-            lambda turn, now: rules.is_orphan(turn, now, timeout_secs),
+            lambda turn, now: (
+                (tenant_id is None or turn.tenant_id == tenant_id)
+                and rules.is_orphan(turn, now, timeout_secs)
+            ),
             lambda _turn, now: {
                 "state": TurnState.FAILED,
                 "error_code": rules.ORPHAN_ERROR_CODE,

@@ -182,3 +182,26 @@ class TestCasFinalizeOrphan:
         turn = await db.delete(turn)
         assert await self.finalize(db, turn) == 0
         unchanged(turn)(await db.reload(turn))
+
+    async def test_given_the_tenant_only_that_tenants_turn_is_failed(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        """The watchdog passes the candidate's tenant: the CAS then also requires it (and
+        touches one partition on the partitioned layout)."""
+        db = Backend(turnstore_backend)
+        turn = await db.create()
+        other = await db.create()
+        await turnstore_backend.advance_time(STALE_SECS)
+        stale = await db.reload(turn)
+        async with db.store.connection() as runner:
+            won = await db.repo.cas_finalize_orphan(
+                runner, turn.id, TIMEOUT_SECS, tenant_id=other.tenant_id
+            )
+        assert won == 0, "another tenant's id never matches"
+        unchanged(stale)(await db.reload(turn))
+        async with db.store.connection() as runner:
+            won = await db.repo.cas_finalize_orphan(
+                runner, turn.id, TIMEOUT_SECS, tenant_id=turn.tenant_id
+            )
+        assert won == 1
+        assert (await db.reload(turn)).state is TurnState.FAILED

@@ -175,3 +175,26 @@ class TestCasFinalizeOrphan:
         turn = db.delete(turn)
         assert self.finalize(db, turn) == 0
         unchanged(turn)(db.reload(turn))
+
+    def test_given_the_tenant_only_that_tenants_turn_is_failed(
+        self, turnstore_sync_backend: BackendHarness
+    ) -> None:
+        """The watchdog passes the candidate's tenant: the CAS then also requires it (and
+        touches one partition on the partitioned layout)."""
+        db = Backend(turnstore_sync_backend)
+        turn = db.create()
+        other = db.create()
+        turnstore_sync_backend.advance_time(STALE_SECS)
+        stale = db.reload(turn)
+        with db.store.connection() as runner:
+            won = db.repo.cas_finalize_orphan(
+                runner, turn.id, TIMEOUT_SECS, tenant_id=other.tenant_id
+            )
+        assert won == 0, "another tenant's id never matches"
+        unchanged(stale)(db.reload(turn))
+        with db.store.connection() as runner:
+            won = db.repo.cas_finalize_orphan(
+                runner, turn.id, TIMEOUT_SECS, tenant_id=turn.tenant_id
+            )
+        assert won == 1
+        assert db.reload(turn).state is TurnState.FAILED
