@@ -22,6 +22,7 @@ import uuid
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from benchmarks._support import (
     add_server_arguments,
@@ -46,7 +47,16 @@ FROM generate_series(1, %s) AS i,
 """
 
 
-async def _open(dsn: str, partitions: int, turns: int, tenants: list[uuid.UUID]) -> PostgresStore:
+async def _open(
+    dsn: str, partitions: int, turns: int, tenants: list[uuid.UUID], plan_cache_mode: str
+) -> PostgresStore:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        database = sql.Identifier(conn.info.dbname)
+        await conn.execute(
+            sql.SQL("ALTER DATABASE {} SET plan_cache_mode = {}").format(
+                database, sql.Literal(plan_cache_mode)
+            )
+        )
     store = await PostgresStore.open(dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
     await store.migrate(partitions=partitions)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -60,8 +70,10 @@ async def measure(
 ) -> dict[str, Any]:
     tenants = [uuid.uuid4() for _ in range(args.tenants)]
     stores = {
-        "plain": await _open(plain_dsn, 0, args.turns, tenants),
-        "partitioned": await _open(part_dsn, partitions, args.turns, tenants),
+        "plain": await _open(plain_dsn, 0, args.turns, tenants, args.plan_cache_mode),
+        "partitioned": await _open(
+            part_dsn, partitions, args.turns, tenants, args.plan_cache_mode
+        ),
     }
     user = uuid.uuid4()
     counter = iter(range(10**9))
@@ -116,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tenants", type=int, default=1_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=4.0, help="per layout, per round")
+    parser.add_argument(
+        "--plan-cache-mode",
+        choices=("auto", "force_custom_plan", "force_generic_plan"),
+        default="auto",
+        help="PostgreSQL's plan_cache_mode on both databases (default: the server's auto)",
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 turns, 2 rounds of 2 s")
     args = parser.parse_args(argv)
     if args.quick:

@@ -9,7 +9,14 @@ transaction that is rolled back. Reports each method's server time and plan shap
 FAIL (exit status 1) when any plan scans ``chat_turns`` sequentially or the orphan scan does
 not return its 100 candidates within 5 ms of server time.
 
-    python -m benchmarks.scale [--dsn postgresql://...] [--turns 1000000]
+With ``--partitions N`` the database is migrated with the partitioned layout
+(docs/schema.md, *The partitioned layout*): each method's row also says how many
+partitions its statements touched (the partitions named in the analyzed plans: a pruned
+partition is not in them), and a method called with a single-tenant scope that touches
+more than one partition of ``chat_turns`` or ``chat_heads`` is a FAIL, as is a sequential
+scan of any partition.
+
+    python -m benchmarks.scale [--dsn postgresql://...] [--turns 1000000] [--partitions 16]
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import re
 import statistics
 import sys
 import time
@@ -27,7 +35,7 @@ from typing import Any
 import psycopg
 
 from benchmarks._dataset import Dataset, DatasetShape, load
-from benchmarks._plans import PlanCapture, StatementPlan, enable_auto_explain, seq_scans, walk
+from benchmarks._plans import PlanCapture, StatementPlan, enable_auto_explain, walk
 from benchmarks._support import (
     add_server_arguments,
     benchmark_database,
@@ -84,10 +92,11 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
         live = data.running_turns
         return live[(i * 37) % len(live)]
 
-    def stale_turn(i: int) -> uuid.UUID:
+    def stale_turn(i: int) -> tuple[int, uuid.UUID]:
         stale = set(data.running_chats[: data.shape.stale])
         turns = [t for t in data.running_turns if t[0] in stale]
-        return turns[i % len(turns)][1]
+        chat, turn_id, _ = turns[i % len(turns)]
+        return chat, turn_id
 
     idle_chats = [c for c in range(len(data.chat_ids)) if c not in set(data.running_chats)]
 
@@ -149,7 +158,11 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
         return await repo.find_orphan_candidates(conn, ORPHAN_TIMEOUT_S, ORPHAN_LIMIT)
 
     async def cas_finalize_orphan(conn: Conn, i: int) -> object:
-        return await repo.cas_finalize_orphan(conn, stale_turn(i), ORPHAN_TIMEOUT_S)
+        # As the watchdog calls it: with the candidate's tenant.
+        chat, turn_id = stale_turn(i)
+        return await repo.cas_finalize_orphan(
+            conn, turn_id, ORPHAN_TIMEOUT_S, tenant_id=tenant_of(chat)
+        )
 
     async def find_latest_for_update(conn: Conn, i: int) -> object:
         chat = rng.randrange(len(data.chat_ids))
@@ -231,6 +244,34 @@ def method_calls(data: Dataset, repo: Any) -> dict[str, tuple[bool, Call]]:
     }
 
 
+#: The methods that may touch every partition: the two called without a tenant, and
+#: create_turn, whose insert checks that no tenant uses the new turn id (one primary-key
+#: probe per partition; docs/schema.md, The partitioned layout): its write touches one.
+UNSCOPED = frozenset({"find_orphan_candidates", "purge_turns", "create_turn"})
+_PARTITION = re.compile(r"^(chat_turns|chat_heads)_p[0-9]+$")
+_TURNS = re.compile(r"^chat_turns(_p[0-9]+)?$")
+
+
+def partitions_touched(plans: list[StatementPlan]) -> dict[str, int]:
+    """Per partitioned table, the partitions the plans of one call read or wrote."""
+    seen: dict[str, set[str]] = {}
+    for plan in plans:
+        for node in walk(plan.plan):
+            name = node.get("Relation Name") or ""
+            if _PARTITION.match(name):
+                seen.setdefault(name.rsplit("_p", 1)[0], set()).add(name)
+    return {table: len(names) for table, names in sorted(seen.items())}
+
+
+def turns_seq_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Sequential scans of chat_turns or of one of its partitions."""
+    return [
+        node
+        for node in walk(plan)
+        if node.get("Node Type") == "Seq Scan" and _TURNS.match(node.get("Relation Name") or "")
+    ]
+
+
 def _plan_summary(plan: dict[str, Any]) -> str:
     """A one-line shape of a plan: node types with their index or relation."""
     parts = []
@@ -268,7 +309,7 @@ async def measure(store: PostgresStore, data: Dataset) -> dict[str, Any]:
                 wall.append(time.perf_counter() - start)
                 per_call.append([p for p in capture.take() if not _is_bookkeeping(p)])
             server_ms = [sum(p.duration_ms for p in plans) for plans in per_call]
-            seq = [p.query for plans in per_call for p in plans if seq_scans(p.plan, "chat_turns")]
+            seq = [p.query for plans in per_call for p in plans if turns_seq_scans(p.plan)]
             last = per_call[-1]
             results[name] = {
                 "statements": len(last),
@@ -277,6 +318,7 @@ async def measure(store: PostgresStore, data: Dataset) -> dict[str, Any]:
                 "client_ms_median": statistics.median(wall) * 1e3,
                 "seq_scan_on_chat_turns": sorted(set(seq)),
                 "plans": [_plan_summary(p.plan) for p in last],
+                "partitions_touched": partitions_touched(last),
                 "shared_hit_blocks": sum(int(p.plan.get("Shared Hit Blocks", 0)) for p in last),
                 "shared_read_blocks": sum(int(p.plan.get("Shared Read Blocks", 0)) for p in last),
                 "queries": [p.query for p in last],
@@ -297,6 +339,9 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     for name, res in results.items():
         if res["seq_scan_on_chat_turns"]:
             failures.append(f"{name}: sequential scan of chat_turns")
+        touched = res["partitions_touched"]
+        if name not in UNSCOPED and any(n > 1 for n in touched.values()):
+            failures.append(f"{name}: a single-tenant call touched partitions {touched}")
     orphan = results["find_orphan_candidates"]
     if orphan["result_size"] != ORPHAN_LIMIT:
         failures.append(
@@ -311,20 +356,26 @@ def verdicts(results: dict[str, Any]) -> list[str]:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"{'method':30} {'stmts':>5} {'server ms':>10} {'max ms':>8} {'client ms':>10}  plan")
+    print(
+        f"{'method':30} {'stmts':>5} {'server ms':>10} {'max ms':>8} {'client ms':>10} "
+        f"{'parts':>5}  plan"
+    )
     for name, res in results.items():
         flag = "  SEQ SCAN!" if res["seq_scan_on_chat_turns"] else ""
+        parts = max(res["partitions_touched"].values(), default=0)
         print(
             f"{name:30} {res['statements']:>5} {res['server_ms_median']:>10.3f} "
-            f"{res['server_ms_max']:>8.3f} {res['client_ms_median']:>10.3f}  "
+            f"{res['server_ms_max']:>8.3f} {res['client_ms_median']:>10.3f} {parts:>5}  "
             f"{' | '.join(res['plans'])}{flag}"
         )
 
 
-async def run(dsn: str, shape: DatasetShape) -> tuple[Dataset, dict[str, Any], float]:
+async def run(
+    dsn: str, shape: DatasetShape, partitions: int = 0
+) -> tuple[Dataset, dict[str, Any], float]:
     store = await PostgresStore.open(dsn, schema=SCHEMA, min_size=1, max_size=1)
     try:
-        await store.migrate()
+        await store.migrate(partitions=partitions)
         started = time.perf_counter()
         data = await asyncio.to_thread(load, dsn, SCHEMA, shape)
         load_s = time.perf_counter() - started
@@ -340,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chats", type=int, default=None, help="default: turns / 10")
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="100,000 turns: a smoke run")
+    parser.add_argument(
+        "--partitions", type=int, default=0, help="the partitioned layout (default: plain)"
+    )
     args = parser.parse_args(argv)
     turns = 100_000 if args.quick else args.turns
     chats = args.chats or max(1, turns // 10)
@@ -357,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{shape.running:,} running ({shape.stale} stale) ...",
             flush=True,
         )
-        data, results, load_s = asyncio.run(run(dsn, shape))
+        data, results, load_s = asyncio.run(run(dsn, shape, args.partitions))
         print(f"loaded and analyzed in {load_s:.1f} s")
     print_table(results)
     failures = verdicts(results)
@@ -367,10 +421,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{orphan['server_ms_median']:.3f} ms server time (budget {ORPHAN_BUDGET_MS} ms)"
     )
     path = write_results(
-        "scale",
+        f"scale-partitioned-{args.partitions}" if args.partitions else "scale",
         {
             "machine": machine,
             "shape": vars(shape),
+            "partitions": args.partitions,
             "load_seconds": load_s,
             "results": results,
             "failures": failures,
