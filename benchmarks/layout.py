@@ -71,9 +71,7 @@ async def measure(
     tenants = [uuid.uuid4() for _ in range(args.tenants)]
     stores = {
         "plain": await _open(plain_dsn, 0, args.turns, tenants, args.plan_cache_mode),
-        "partitioned": await _open(
-            part_dsn, partitions, args.turns, tenants, args.plan_cache_mode
-        ),
+        "partitioned": await _open(part_dsn, partitions, args.turns, tenants, args.plan_cache_mode),
     }
     user = uuid.uuid4()
     counter = iter(range(10**9))

@@ -18,9 +18,7 @@ def test_the_documented_names_exist_in_the_migration() -> None:
         for p in (Path(__file__).parents[2] / "src" / "turnstore" / "sql").glob("**/*.sql")
     )
     documented = {
-        name
-        for name in re.findall(r"`(chat_turns_\w+)`", DOC)
-        if not re.search(r"_p[0-9]+$", name)
+        name for name in re.findall(r"`(chat_turns_\w+)`", DOC) if not re.search(r"_p[0-9]+$", name)
     } - {"chat_turns_pkey"}
     assert documented
     assert sorted(n for n in documented if n not in sql_text) == []

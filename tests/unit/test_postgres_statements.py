@@ -56,15 +56,15 @@ def test_only_the_migration_lock_is_an_advisory_lock() -> None:
         for name in q.__all__
         if isinstance(value := getattr(q, name), str) and "pg_advisory" in value
     }
-    assert advisory <= {"MIGRATION_LOCK", "MIGRATION_UNLOCK"}
+    assert advisory == {"MIGRATION_LOCK"}
     for name in ("LOCK_CHAT", "LOCK_VISIBLE_CHAT"):
         assert "FROM {heads}" in getattr(q, name)
         assert getattr(q, name).rstrip().endswith("FOR UPDATE")
 
 
 def test_the_lock_classes_written_in_the_sql_are_the_constants() -> None:
-    assert f"pg_advisory_lock({MIGRATION_LOCK_CLASS}," in q.MIGRATION_LOCK
-    assert f"pg_advisory_unlock({MIGRATION_LOCK_CLASS}," in q.MIGRATION_UNLOCK
+    # Transaction-scoped: a session-level lock would stay on a pooled server session.
+    assert f"pg_advisory_xact_lock({MIGRATION_LOCK_CLASS}," in q.MIGRATION_LOCK
     assert CHAT_LOCK_CLASS.to_bytes(4, "big") == b"TSCH"
     assert MIGRATION_LOCK_CLASS.to_bytes(4, "big") == b"TSMG"
 

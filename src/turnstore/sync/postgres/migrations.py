@@ -1,7 +1,7 @@
 # WARNING: this file is generated from src/turnstore/postgres/migrations.py by tools/async_to_sync.py; do not edit.
 """Migrations: the numbered SQL files of ``turnstore/sql``, applied once each, in order.
 
-Each file runs in a transaction of its own under a session-level advisory lock per schema
+Each file runs in a transaction of its own under a transaction-scoped advisory lock per schema
 (``MIGRATION_LOCK_CLASS``) and is recorded with its sha256 in ``schema_migrations``; a file
 whose checksum changed after it was applied, or a recorded version with no file, makes
 ``migrate`` refuse. ``check_schema`` reads only the version and settings tables;
@@ -116,9 +116,12 @@ def migrate(
     ``SchemaLayoutError`` and changes nothing.
 
     ``conn`` must not be inside a transaction: each migration runs in a transaction of its
-    own (``SET LOCAL search_path`` to the schema), and a session-level advisory lock keeps
-    concurrent callers (several app instances starting at once) from racing: the second
-    waits, then finds nothing to do. Refuses with ``MigrationError``, applying nothing, when
+    own (``SET LOCAL search_path`` to the schema) that first takes a transaction-scoped
+    advisory lock, then reads the applied versions and applies the first pending file. So
+    concurrent callers (several app instances starting at once) never race: the second
+    waits for the first's transaction, then finds that file applied. Nothing is held
+    between transactions, so it works through a transaction-pooling pooler too
+    (docs/deploying.md, *Poolers*). Refuses with ``MigrationError``, applying nothing, when
     an applied file's checksum changed or a recorded version has no file.
     """
     check_schema_name(schema)
@@ -132,21 +135,22 @@ def migrate(
         if not restore_autocommit:
             conn.set_autocommit(True)
         try:
-            conn.execute(q.MIGRATION_LOCK, (schema,))
-            try:
-                return _migrate_locked(conn, schema, requested)
-            finally:
-                if not conn.closed:
-                    conn.execute(q.MIGRATION_UNLOCK, (schema,))
+            applied: list[int] = []
+            while True:
+                version = _apply_next(conn, schema, requested)
+                if version is None:
+                    return applied
+                applied.append(version)
         finally:
             if not restore_autocommit and (not conn.closed):
                 conn.set_autocommit(False)
 
 
-def _layout(conn: Connection, schema: str, requested: int | None) -> int:
+def _layout(
+    conn: Connection, schema: str, recorded: dict[int, tuple[str, str]], requested: int | None
+) -> int:
     """The layout to migrate ``schema`` with: the recorded one once 0001 is applied (a
     schema from before the settings table is plain), else the requested one."""
-    recorded = _read_recorded(conn, schema)
     if 1 not in recorded:
         return requested or 0
     partitions = _read_partitions(conn, schema)
@@ -155,36 +159,39 @@ def _layout(conn: Connection, schema: str, requested: int | None) -> int:
     return partitions
 
 
-def _migrate_locked(conn: Connection, schema: str, requested: int | None) -> list[int]:
+def _apply_next(conn: Connection, schema: str, requested: int | None) -> int | None:
+    """In one transaction under the migration lock: apply the first pending migration of
+    the schema's layout and return its version, or return ``None`` when none is pending."""
     schema_ident = sql.Identifier(schema)
-    cur = conn.execute(q.SCHEMA_EXISTS, (schema,))
-    if cur.fetchone() is None:
-        conn.execute(sql.SQL(q.CREATE_SCHEMA).format(schema=schema_ident))
-    conn.execute(sql.SQL(q.CREATE_VERSION_TABLE).format(table=_version_table(schema)))
-    partitions = _layout(conn, schema, requested)
-    conn.execute(sql.SQL(q.CREATE_SETTINGS_TABLE).format(table=_settings_table(schema)))
-    files = migration_files(partitions)
-    status = _compare(files, _read_recorded(conn, schema), partitions)
-    if status.changed:
-        raise MigrationError(
-            f"applied migration(s) {list(status.changed)} in schema {schema!r} no longer match their files (checksum changed); refusing to migrate"
+    with conn.transaction():
+        conn.execute(q.MIGRATION_LOCK, (schema,))
+        cur = conn.execute(q.SCHEMA_EXISTS, (schema,))
+        if cur.fetchone() is None:
+            conn.execute(sql.SQL(q.CREATE_SCHEMA).format(schema=schema_ident))
+        conn.execute(sql.SQL(q.CREATE_VERSION_TABLE).format(table=_version_table(schema)))
+        recorded = _read_recorded(conn, schema)
+        partitions = _layout(conn, schema, recorded, requested)
+        conn.execute(sql.SQL(q.CREATE_SETTINGS_TABLE).format(table=_settings_table(schema)))
+        files = migration_files(partitions)
+        status = _compare(files, recorded, partitions)
+        if status.changed:
+            raise MigrationError(
+                f"applied migration(s) {list(status.changed)} in schema {schema!r} no longer match their files (checksum changed); refusing to migrate"
+            )
+        if status.unknown:
+            raise MigrationError(
+                f"schema {schema!r} records migration(s) {list(status.unknown)} that this turnstore does not have (a newer version migrated it); refusing to migrate"
+            )
+        if not status.pending:
+            return None
+        m = next(f for f in files if f.version == status.pending[0])
+        record = sql.SQL(q.RECORD_VERSION).format(table=q.param_ident(schema, "schema_migrations"))
+        record_layout = sql.SQL(q.RECORD_PARTITIONS).format(
+            table=q.param_ident(schema, "schema_settings")
         )
-    if status.unknown:
-        raise MigrationError(
-            f"schema {schema!r} records migration(s) {list(status.unknown)} that this turnstore does not have (a newer version migrated it); refusing to migrate"
-        )
-    record = sql.SQL(q.RECORD_VERSION).format(table=q.param_ident(schema, "schema_migrations"))
-    set_path = sql.SQL(q.SET_LOCAL_SEARCH_PATH).format(schema=schema_ident)
-    record_layout = sql.SQL(q.RECORD_PARTITIONS).format(
-        table=q.param_ident(schema, "schema_settings")
-    )
-    applied: list[int] = []
-    for m in files:
-        if m.version not in status.pending:
-            continue
         try:
             with conn.transaction():
-                conn.execute(set_path)
+                conn.execute(sql.SQL(q.SET_LOCAL_SEARCH_PATH).format(schema=schema_ident))
                 conn.execute(q.SET_LOCAL_PARTITIONS, (str(partitions),))
                 conn.execute(m.sql.encode("utf-8"))
                 conn.execute(record_layout, (str(partitions),))
@@ -195,5 +202,4 @@ def _migrate_locked(conn: Connection, schema: str, requested: int | None) -> lis
             raise MigrationError(
                 f"migration {m.version:04d}_{m.name} failed in schema {schema!r}: {exc}"
             ) from exc
-        applied.append(m.version)
-    return applied
+        return m.version
