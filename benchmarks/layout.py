@@ -5,9 +5,11 @@ Two fresh databases on one server, one migrated plain, one with ``--partitions``
 ``--turns`` terminal turns over ``--tenants`` tenants. Then rounds alternate between the
 two: each round runs typical turns (``begin_turn``, 20 keep-alive writes,
 ``complete_turn``: benchmarks/bench.py) for ``--seconds`` on one layout and then on the
-other, with 1 task and with 8 tasks on a pool of 8. Reports turns per second per layout
-(the median over rounds) and the ratio partitioned / plain: alternating rounds put both
-layouts under the same neighbours' load.
+other, with 1 task and with 8 tasks on a pool of 8. ``synchronous_commit`` is off for both
+databases unless ``--synchronous-commit`` (a disk flush per commit would hide the rest), and
+``--plan-cache-mode`` sets PostgreSQL's ``plan_cache_mode`` on both. Reports turns per
+second per layout (the median over rounds) and the ratio partitioned / plain: alternating
+rounds put both layouts under the same neighbours' load.
 
     python -m benchmarks.layout [--dsn postgresql://...] [--partitions 16] [--quick]
 """
@@ -124,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=16)
     parser.add_argument("--turns", type=int, default=200_000, help="preloaded, per database")
     parser.add_argument("--tenants", type=int, default=1_000)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=4.0, help="per layout, per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per layout, per round")
     parser.add_argument(
         "--plan-cache-mode",
         choices=("auto", "force_custom_plan", "force_generic_plan"),
@@ -138,8 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         args.turns, args.rounds, args.seconds = 20_000, 2, 2.0
     with (
         server(args.dsn) as admin_dsn,
-        fresh_database(admin_dsn, "turnstore_layout_plain") as plain_dsn,
-        fresh_database(admin_dsn, "turnstore_layout_part") as part_dsn,
+        fresh_database(
+            admin_dsn, "turnstore_layout_plain", synchronous_commit=args.synchronous_commit
+        ) as plain_dsn,
+        fresh_database(
+            admin_dsn, "turnstore_layout_part", synchronous_commit=args.synchronous_commit
+        ) as part_dsn,
     ):
         machine = machine_info(admin_dsn)
         print(

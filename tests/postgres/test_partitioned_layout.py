@@ -42,6 +42,7 @@ from turnstore.postgres import statements as q
 from turnstore.postgres.errors import driver_errors
 from turnstore.postgres.scope import compile_scope
 from turnstore.testing.conformance import make_params
+from turnstore.testing.plugin import partitions_under_test
 
 Conn = psycopg.AsyncConnection[Any]
 PARTITIONS = 16
@@ -425,3 +426,28 @@ async def test_check_schema_reads_the_layout_without_rights_on_the_settings(
         await part_conn.execute(
             sql.SQL("DROP OWNED BY {0}; DROP ROLE {0}").format(sql.Identifier(role))
         )
+
+
+async def test_erasing_a_tenant_deletes_its_chat_heads(part_store: PostgresStore) -> None:
+    """The chat lock's rows go with the tenant's turns (docs/schema.md, The table
+    chat_heads); another tenant's stay."""
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+    async with part_store.connection() as conn:
+        for owner in (tenant, other):
+            params = make_params(tenant_id=owner)
+            await part_store.turns.create_turn(conn, ALLOW, params)
+            async with conn.transaction():
+                await part_store.turns.find_latest_for_update(conn, ALLOW, owner, params.chat_id)
+        while await part_store.turns.erase_tenant_turns(conn, tenant, 10):
+            pass
+        rows = await _rows(conn, "SELECT tenant_id FROM turnstore.chat_heads")
+    assert rows == [(other,)]
+
+
+async def test_the_fixtures_follow_turnstore_test_partitions(turnstore_pg_dsn: str) -> None:
+    """``TURNSTORE_TEST_PARTITIONS`` (read by ``partitions_under_test``) decides the layout
+    of every database the plugin's fixtures make."""
+    async with await psycopg.AsyncConnection.connect(turnstore_pg_dsn) as conn:
+        status = await check_schema(conn)
+    assert status.current
+    assert status.partitions == (partitions_under_test() or 0)
