@@ -282,23 +282,41 @@ async def _waiting_for_a_lock(conn: Conn, pid: int) -> bool:
     return rows == [("Lock",)]
 
 
+@pytest.mark.parametrize("scope_kind", ["tenant", "resource"])
 async def test_the_chat_lock_serializes_find_latest_for_update(
-    part_store: PostgresStore, part_conn: Conn
+    part_store: PostgresStore, part_conn: Conn, scope_kind: str
 ) -> None:
+    """For a scope that permits the tenant (``LOCK_CHAT``) and for one that names the turn
+    (``LOCK_VISIBLE_CHAT``) alike."""
     turns = part_store.turns
     params = make_params()
+    scope = (
+        AccessScope.for_tenant(params.tenant_id)
+        if scope_kind == "tenant"
+        else AccessScope.for_resource(params.id)
+    )
     async with part_store.connection() as conn:
         await turns.create_turn(conn, ALLOW, params)
+    async with part_store.transaction() as conn:  # the chat's head row, committed
+        await turns.find_latest_for_update(conn, scope, params.tenant_id, params.chat_id)
     events: list[str] = []
     async with part_store.transaction() as first:
-        await turns.find_latest_for_update(first, ALLOW, params.tenant_id, params.chat_id)
+        await turns.find_latest_for_update(first, scope, params.tenant_id, params.chat_id)
         events.append("first locked")
+        # The chat's head row is what is locked (not only the latest turn's row).
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            async with part_conn.transaction():
+                await part_conn.execute(
+                    "SELECT 1 FROM turnstore.chat_heads WHERE tenant_id = %s AND chat_id = %s"
+                    " FOR UPDATE NOWAIT",
+                    (params.tenant_id, params.chat_id),
+                )
 
         async def second() -> None:
             async with part_store.transaction() as conn:
                 info = conn.info.backend_pid
                 pids.append(info)
-                await turns.find_latest_for_update(conn, ALLOW, params.tenant_id, params.chat_id)
+                await turns.find_latest_for_update(conn, scope, params.tenant_id, params.chat_id)
                 events.append("second locked")
 
         pids: list[int] = []
