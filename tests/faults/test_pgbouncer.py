@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-import psycopg_pool
 import pytest
 
 from faults.cluster import PgBouncer
 from faults.conftest import FaultDatabase
 from faults.workload import run_turns
+from turnstore.errors import PreparedStatementsLostError, TurnStoreError
 from turnstore.lifecycle import TurnLifecycle
 from turnstore.postgres import AdvisoryLockElection, PostgresStore, advisory_lock_key
 from turnstore.watchdog import OrphanWatchdog
@@ -33,39 +33,32 @@ MIGRATE_SECS = 30.0
 
 @asynccontextmanager
 async def unprepared_store(dsn: str, *, max_size: int = 10) -> AsyncIterator[PostgresStore]:
-    """A store over a host pool whose connections never prepare statements.
-
-    Stands in for the coming ``PostgresStore.open(dsn, prepare_threshold=None)``.
-    """
-    pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-        dsn,
-        min_size=1,
-        max_size=max_size,
-        timeout=30,
-        kwargs={"autocommit": True, "prepare_threshold": None},
-        open=False,
+    """The setup docs/deploying.md (*Poolers*) gives for a transaction pooler: no prepared
+    statements, no LISTEN (finalize signals poll instead)."""
+    store = await PostgresStore.open(
+        dsn, max_size=max_size, prepare_threshold=None, notifications=False
     )
-    await pool.open(wait=True, timeout=30)
-    try:
-        yield PostgresStore(pool)
-    finally:
-        await pool.close(timeout=10)
+    async with store:
+        yield store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PostgresStore.open lets psycopg prepare statements, which PgBouncer's "
-    "transaction pooling loses between transactions (prepared statement does not exist)",
-)
-async def test_open_store_runs_300_turns_through_pgbouncer(
+async def test_a_store_that_prepares_fails_typed_through_pgbouncer(
     pgbouncer: PgBouncer, fault_db: FaultDatabase
 ) -> None:
-    store = await PostgresStore.open(fault_db.via(pgbouncer), max_size=10)
+    """psycopg's default (prepare after five uses) cannot work behind transaction pooling;
+    what fails says so, typed and not retryable, and names the setting to change."""
+    store = await PostgresStore.open(fault_db.via(pgbouncer), max_size=10, notifications=False)
     async with store:
         report = await run_turns(
             TurnLifecycle(store), TURNS, concurrency=CONCURRENCY, timeout=WORKLOAD_SECS
         )
-    assert report.completed == TURNS, report.summary()
+    assert report.completed < TURNS, report.summary()
+    assert report.errors, report.summary()
+    untyped = [e for e in report.errors if not isinstance(e, TurnStoreError)]
+    assert not untyped, report.summary()
+    lost = [e for e in report.errors if isinstance(e, PreparedStatementsLostError)]
+    assert lost, report.summary()
+    assert all(not e.retryable and "prepare_threshold=None" in str(e) for e in lost)
 
 
 async def test_store_without_prepared_statements_runs_300_turns_through_pgbouncer(
@@ -78,12 +71,6 @@ async def test_store_without_prepared_statements_runs_300_turns_through_pgbounce
     assert report.completed == TURNS, report.summary()
 
 
-@pytest.mark.xfail(
-    strict=False,  # which server session each client gets is a race: it sometimes passes
-    reason="migrate() serializes with a session-level advisory lock: behind transaction "
-    "pooling other clients share the session holding it (two migrations run at once and "
-    "fail) and the unlock runs on another session (the rest wait forever)",
-)
 async def test_migrate_from_five_tasks_through_pgbouncer_finishes(
     pgbouncer: PgBouncer, empty_db: FaultDatabase
 ) -> None:
@@ -104,6 +91,10 @@ async def test_migrate_from_five_tasks_through_pgbouncer_finishes(
         assert not errors, verdict
         status = await asyncio.wait_for(store.check_schema(), timeout=10)
         assert status.current
+        # Nothing is left behind on any server session: no advisory lock is held.
+        async with store.connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            assert await cur.fetchone() == (0,)
 
 
 async def test_two_watchdogs_through_pgbouncer_elect_exactly_one_leader(

@@ -20,10 +20,6 @@ CALLS = 20
 CALL_SECS = 30.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pool hands out connections the restart killed: each fails one call",
-)
 @pytest.mark.parametrize("outage", ["restart", "crash"])
 async def test_calls_after_the_server_is_back_all_succeed(
     pg_cluster: PgCluster, fault_db: FaultDatabase, outage: str
