@@ -210,7 +210,7 @@ async def test_bad_timeouts_are_refused_before_anything_opens(
     turnstore_pg_dsn: str, name: str, bad: object
 ) -> None:
     with pytest.raises(InvalidParameterError, match=name):
-        await PostgresStore.open(turnstore_pg_dsn, **{name: bad})
+        await PostgresStore.open(turnstore_pg_dsn, **{name: bad})  # type: ignore[arg-type]
 
 
 # --- prepared statements -----------------------------------------------------------------
