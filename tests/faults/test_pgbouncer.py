@@ -8,6 +8,7 @@ survives from one transaction to the next.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,9 +18,15 @@ import pytest
 
 from faults.cluster import PgBouncer
 from faults.conftest import FaultDatabase
-from faults.workload import run_turns
-from turnstore.errors import PreparedStatementsLostError, TurnStoreError
-from turnstore.lifecycle import TurnLifecycle
+from faults.invariants import assert_clean, assert_typed, count_turns
+from faults.workload import TurnChat, run_turns
+from turnstore.errors import (
+    GenerationInProgressError,
+    NotLatestTurnError,
+    PreparedStatementsLostError,
+    TurnStoreError,
+)
+from turnstore.lifecycle import MutationResult, TurnLifecycle
 from turnstore.postgres import AdvisoryLockElection, PostgresStore, advisory_lock_key
 from turnstore.watchdog import OrphanWatchdog
 
@@ -147,3 +154,69 @@ async def test_the_advisory_lock_election_through_pgbouncer_elects_two_leaders(
         assert both > 0, "expected the pooler to share the lock's session at least once"
     finally:
         await asyncio.wait_for(asyncio.gather(first.release(), second.release()), timeout=30)
+
+
+CHATS = 30
+ROUNDS = 10  # turns per chat: the first, then nine won retries
+RACERS = 5
+
+
+async def test_racing_retries_watchdogs_and_migrations_through_pgbouncer(
+    pgbouncer: PgBouncer, empty_db: FaultDatabase
+) -> None:
+    """Everything at once through one PgBouncer: two instances migrate an empty database
+    at the same time and each runs a watchdog; then 30 chats each go through 10 turns, every
+    retry raced by 5 requests of the same user. Exactly one racer wins each round, the others
+    are refused typed, and 300 turns are written, none half-finished."""
+    dsn = empty_db.via(pgbouncer)
+    async with unprepared_store(dsn) as first, unprepared_store(dsn) as second:
+        await asyncio.wait_for(asyncio.gather(first.migrate(), second.migrate()), timeout=60)
+        watchdogs = [OrphanWatchdog(first), OrphanWatchdog(second)]
+        for watchdog in watchdogs:
+            await watchdog.start()
+        stores = (first, second)
+        refusals: list[BaseException] = []
+
+        async def chat_life(index: int) -> int:
+            chat = TurnChat()
+            lifecycle = TurnLifecycle(stores[index % 2])
+            outcome = await lifecycle.begin_turn(chat.scope, chat.params())
+            assert outcome.turn is not None
+            assert (await lifecycle.complete_turn(chat.scope, outcome.turn, uuid.uuid4())).won
+            request_id = outcome.turn.request_id
+            wins = 1
+            for _ in range(ROUNDS - 1):
+                racers = [
+                    TurnLifecycle(stores[(index + n) % 2]).retry_turn(
+                        chat.scope, chat.tenant_id, chat.chat_id, request_id, chat.user_id
+                    )
+                    for n in range(RACERS)
+                ]
+                results = await asyncio.gather(*racers, return_exceptions=True)
+                won = [r for r in results if isinstance(r, MutationResult)]
+                refusals.extend(r for r in results if isinstance(r, BaseException))
+                assert len(won) == 1, results
+                new_turn = won[0].new_turn
+                assert new_turn is not None
+                final = await lifecycle.complete_turn(chat.scope, new_turn, uuid.uuid4())
+                assert final.won
+                request_id = new_turn.request_id
+                wins += 1
+            return wins
+
+        try:
+            wins = await asyncio.wait_for(
+                asyncio.gather(*(chat_life(i) for i in range(CHATS))), timeout=WORKLOAD_SECS
+            )
+            assert [w.is_leader for w in watchdogs].count(True) == 1
+        finally:
+            await asyncio.wait_for(asyncio.gather(*(w.stop() for w in watchdogs)), timeout=30)
+        assert sum(wins) == CHATS * ROUNDS
+        assert_typed(refusals)
+        assert {type(r) for r in refusals} <= {NotLatestTurnError, GenerationInProgressError}
+        assert len(refusals) == CHATS * (ROUNDS - 1) * (RACERS - 1)
+        assert await count_turns(empty_db.dsn) == CHATS * ROUNDS
+        assert await count_turns(empty_db.dsn, "deleted_at IS NULL") == CHATS
+        assert await count_turns(empty_db.dsn, "state <> 'completed'") == 0
+        await assert_clean(first, empty_db.dsn)
+        await assert_clean(second, empty_db.dsn)
