@@ -59,6 +59,7 @@ async def test_a_store_that_prepares_fails_typed_through_pgbouncer(
         report = await run_turns(
             TurnLifecycle(store), TURNS, concurrency=CONCURRENCY, timeout=WORKLOAD_SECS
         )
+    print(f"\npsycopg's default through PgBouncer: {report.summary()}")  # for the docs
     assert report.completed < TURNS, report.summary()
     assert report.errors, report.summary()
     untyped = [e for e in report.errors if not isinstance(e, TurnStoreError)]
