@@ -67,6 +67,7 @@ PUBLIC_NAMES = {
     "PoolDeadlockError",
     "StatementTimeoutError",
     "SchemaLayoutError",
+    "PreparedStatementsLostError",
     "SchemaStatus",
     "ScopeConstraint",
     "ScopeDeniedError",
