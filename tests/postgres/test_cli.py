@@ -180,6 +180,20 @@ async def test_sql_output_builds_a_current_schema(
         assert await migrate(conn, schema="app_turns") == []
 
 
+async def test_sql_partitions_builds_the_partitioned_layout(
+    empty_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_cli("sql", "--partitions", "4") == 0
+    script = capsys.readouterr().out
+    assert "SET turnstore.partitions = '4';" in script
+    assert "PARTITION BY HASH (tenant_id)" in script
+    async with await psycopg.AsyncConnection.connect(empty_dsn, autocommit=True) as conn:
+        await conn.execute(script.encode())
+        status = await check_schema(conn)
+        assert (status.current, status.partitions) == (True, 4)
+        assert await migrate(conn) == []
+
+
 # --------------------------------------------------------------------------- demo
 
 DEMO_STEPS = [
