@@ -111,6 +111,7 @@ MODULES: tuple[Module, ...] = (
             "_turn_rows",
         ),
     ),
+    Module("postgres/checkout.py"),
     Module("postgres/store.py"),
     Module("memory/__init__.py"),
     Module("memory/connection.py"),

@@ -19,6 +19,7 @@ from turnstore._tasks import cancel_until_done as _cancel_until_done
 __all__ = [
     "shield",
     "cancel_until_done",
+    "current_owner",
     "LOOP_IS_MONITOR",
     "CancelledError",
     "Event",
@@ -131,3 +132,8 @@ async def shield(awaitable: Awaitable[T]) -> T:
     """Finish ``awaitable`` even if the caller is cancelled meanwhile (``asyncio.shield``;
     the sync twin has nothing to shield)."""
     return await asyncio.shield(awaitable)
+
+
+def current_owner() -> object:
+    """Who runs this code: the current task (a connection held by it is its own)."""
+    return asyncio.current_task()

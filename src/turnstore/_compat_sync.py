@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 __all__ = [
     "shield",
     "cancel_until_done",
+    "current_owner",
     "LOOP_IS_MONITOR",
     "CancelledError",
     "Event",
@@ -221,3 +222,8 @@ def cancel_until_done(task: Task[Any], *, total_secs: float) -> bool:
 def shield(value: T) -> T:
     """The sync twin of the async ``shield``: a thread is not cancelled mid-call."""
     return value
+
+
+def current_owner() -> object:
+    """Who runs this code: the current thread (a connection held by it is its own)."""
+    return threading.get_ident()

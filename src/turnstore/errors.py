@@ -2,7 +2,9 @@
 
 Every error a backend raises for a reason the caller can act on is one of these classes,
 on PostgreSQL and on the in-memory fake alike. Each carries a stable ``code`` (useful
-for HTTP mapping) and the ids involved. Driver errors are always chained (``from exc``).
+for HTTP mapping), ``retryable`` (whether the same call may succeed later, unchanged) and
+the ids involved. Driver errors are always chained (``from exc``). The table of every code
+is in docs/deploying.md, *Error codes*.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ __all__ = [
     "GenerationInProgressError",
     "InvalidParameterError",
     "InvalidTurnStateError",
+    "LockTimeoutError",
     "MigrationError",
     "NotLatestTurnError",
+    "PoolDeadlockError",
+    "PoolTimeoutError",
     "RequestFingerprintMismatchError",
     "RequestInProgressError",
     "ScopeDeniedError",
     "SchemaMismatchError",
+    "StatementTimeoutError",
+    "StoreClosedError",
     "StoreUnavailableError",
     "TurnNotFoundError",
     "TurnStoreError",
@@ -30,9 +37,15 @@ __all__ = [
 
 
 class TurnStoreError(Exception):
-    """Base class of every error turnstore raises on purpose."""
+    """Base class of every error turnstore raises on purpose.
+
+    ``code`` is stable (an HTTP mapping or a metric can key on it); ``retryable`` says
+    whether sending the same call again, unchanged, after a pause may succeed: ``True`` for
+    a server that is down or busy, ``False`` for anything the caller must change first.
+    """
 
     code: str = "turnstore_error"
+    retryable: bool = False
 
 
 class InvalidParameterError(TurnStoreError, ValueError):
@@ -114,6 +127,7 @@ class GenerationInProgressError(TurnStoreError):
     """
 
     code = "generation_in_progress"
+    retryable = True  # the running turn ends (completes, fails, or the watchdog reclaims it)
 
     def __init__(self, chat_id: UUID, running_turn_id: UUID | None = None) -> None:
         self.chat_id = chat_id
@@ -183,15 +197,72 @@ class NotLatestTurnError(TurnStoreError):
 
 
 class StoreUnavailableError(TurnStoreError):
-    """The database could not be reached, or the connection was lost mid-call."""
+    """The database could not be reached, or the connection was lost mid-call, or the
+    server is shutting down or starting up. Retryable: once the server accepts again, the
+    store's connection check keeps dead pooled connections from failing later calls.
+
+    A write whose connection was lost mid-call may or may not have committed; turnstore's
+    writes are safe to repeat (a repeated start replays or is refused by the request key, a
+    repeated finalize loses its compare-and-swap).
+    """
 
     code = "store_unavailable"
+    retryable = True
+
+
+class PoolTimeoutError(StoreUnavailableError):
+    """The server answers, but no pooled connection became free within the pool's timeout
+    (``pool_timeout``): the pool is too small for the load, or connections are held too
+    long. Retryable. A server that cannot be reached is ``store_unavailable`` instead."""
+
+    code = "pool_timeout"
+    retryable = True
+
+
+class PoolDeadlockError(PoolTimeoutError):
+    """The pool timed out while the calling task itself holds connections of the same pool
+    (``pool_deadlock``): a call made inside ``store.transaction()`` without passing that
+    transaction's connection as the runner waits for a connection its own caller holds.
+    Not retryable: pass the connection (``runner=conn``) instead."""
+
+    code = "pool_deadlock"
+    retryable = False
+
+
+class StoreClosedError(StoreUnavailableError):
+    """The store (its pool) was closed: a call made after ``close()`` or during shutdown
+    (``store_closed``). Not retryable on this store (a subclass of
+    ``StoreUnavailableError``, so a host catching that one catches this one too)."""
+
+    code = "store_closed"
+    retryable = False
+
+
+class LockTimeoutError(TurnStoreError):
+    """A wait for a chat or row lock took longer than the store's ``lock_timeout_secs``
+    (``lock_timeout``): another transaction holds the chat or the turn. Retryable: the
+    holder usually finishes soon. Inside the caller's own transaction the transaction is
+    aborted (PostgreSQL leaves it so): roll it back before retrying."""
+
+    code = "lock_timeout"
+    retryable = True
+
+
+class StatementTimeoutError(TurnStoreError):
+    """A statement ran longer than the store's ``statement_timeout_secs`` or the server's
+    ``statement_timeout`` (``statement_timeout``). Retryable with back-off: a busy server
+    answers later; a statement that always exceeds the bound points at the server (a
+    missing index, bloat). Inside the caller's own transaction the transaction is aborted."""
+
+    code = "statement_timeout"
+    retryable = True
 
 
 class MigrationError(TurnStoreError):
     """A migration could not be applied, or an applied migration file has changed."""
 
     code = "migration_error"
+    retryable = False
 
 
 class SchemaMismatchError(TurnStoreError):

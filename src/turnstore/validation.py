@@ -39,6 +39,7 @@ __all__ = [
     "MAX_PROVIDER_NAME_CHARS",
     "MAX_PROVIDER_RESPONSE_ID_CHARS",
     "MAX_SCHEMA_NAME_BYTES",
+    "MAX_TIMEOUT_SECS",
     "ExactBool",
     "Id",
     "Number",
@@ -50,6 +51,7 @@ __all__ = [
     "check_pool_sizes",
     "check_schema_name",
     "check_seconds",
+    "check_timeout_ms",
     "check_text",
     "check_uuid",
     "exact_bool",
@@ -129,6 +131,23 @@ def check_seconds(name: str, value: object, high: float) -> None:
         raise InvalidParameterError(
             f"{name} must be a number of seconds in (0, {high}], got {value!r}"
         )
+
+
+#: The longest lock or statement timeout a store accepts: a day.
+MAX_TIMEOUT_SECS = 86_400.0
+
+
+def check_timeout_ms(name: str, value: object) -> int | None:
+    """A lock or statement timeout in seconds as whole milliseconds (``None`` passes: the
+    server's own setting); refuse anything but a finite number in [0.001, 86400]."""
+    if value is None:
+        return None
+    check_seconds(name, value, MAX_TIMEOUT_SECS)
+    assert isinstance(value, int | float)
+    millis = round(value * 1000)
+    if millis < 1:
+        raise InvalidParameterError(f"{name} must be at least 0.001 seconds, got {value!r}")
+    return millis
 
 
 def check_callable(name: str, value: object) -> None:

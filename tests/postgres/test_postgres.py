@@ -33,6 +33,7 @@ from turnstore import (
     ScopeConstraint,
     ScopeDeniedError,
     ScopeFilter,
+    StoreClosedError,
     StoreUnavailableError,
     ToolCallType,
     Turn,
@@ -362,11 +363,16 @@ async def test_exhausted_pool_is_store_unavailable(turnstore_pg_dsn: str) -> Non
     assert isinstance(info.value.__cause__, psycopg_pool.PoolTimeout)
 
 
-async def test_closed_store_is_store_unavailable(turnstore_pg_dsn: str) -> None:
+async def test_closed_store_is_store_closed_and_not_retryable(turnstore_pg_dsn: str) -> None:
     store = await PostgresStore.open(turnstore_pg_dsn)
     await store.close()
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(StoreClosedError) as raised:
         async with store.connection():
+            pass
+    assert (raised.value.code, raised.value.retryable) == ("store_closed", False)
+    assert isinstance(raised.value, StoreUnavailableError)
+    with pytest.raises(StoreClosedError):
+        async with store.transaction():
             pass
 
 

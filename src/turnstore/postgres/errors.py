@@ -1,10 +1,12 @@
 """The one boundary where psycopg and psycopg-pool errors become turnstore errors.
 
 A unique violation of ``chat_turns`` is read off its constraint name and the key in the
-error detail; a lost or refused server, an exhausted or closed pool become
-``StoreUnavailableError``. The turnstore error is always chained ``from`` the driver's.
-Errors with no turnstore meaning (a deadlock, a serialization failure) pass through
-unchanged: the host decides whether to retry those.
+error detail; a lost or refused server becomes ``StoreUnavailableError``, an exhausted pool
+``PoolTimeoutError``, a closed one ``StoreClosedError``, a lock wait or a statement past
+its bound ``LockTimeoutError`` / ``StatementTimeoutError``. The turnstore error is always
+chained ``from`` the driver's. Errors with no turnstore meaning (a deadlock, a
+serialization failure) pass through unchanged: the host decides whether to retry those.
+The table of codes: docs/deploying.md, *Error codes*.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from turnstore.errors import (
     DuplicateRequestError,
     DuplicateTurnIdError,
     GenerationInProgressError,
+    LockTimeoutError,
+    PoolTimeoutError,
+    StatementTimeoutError,
+    StoreClosedError,
     StoreUnavailableError,
     TurnStoreError,
 )
@@ -33,8 +39,11 @@ __all__ = [
     "unique_violation_error",
 ]
 
-# SQLSTATEs meaning "the server went away or refused us" (class 08 is matched by prefix).
-_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+# SQLSTATEs meaning "the server went away or refused us" (class 08 is matched by prefix):
+# admin_shutdown, crash_shutdown, cannot_connect_now (starting up), too_many_connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_LOCK_NOT_AVAILABLE = "55P03"
+_QUERY_CANCELED = "57014"
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
@@ -58,17 +67,22 @@ def translate(exc: BaseException) -> TurnStoreError | None:
     """The turnstore error a driver or pool error stands for, if any."""
     if isinstance(exc, UniqueViolation):
         return unique_violation_error(exc)
+    # The pool's errors first: both subclass OperationalError.
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return PoolTimeoutError(f"no pooled connection became free in time: {exc}")
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return StoreClosedError(f"the store is closed: {exc}")
     if isinstance(exc, psycopg.OperationalError) and not isinstance(
         exc, psycopg.errors.PipelineAborted
     ):
         state = exc.sqlstate
         if state is None or state.startswith("08") or state in _UNAVAILABLE_SQLSTATES:
             return StoreUnavailableError(f"PostgreSQL is unavailable: {exc}")
+        if state == _LOCK_NOT_AVAILABLE:
+            return LockTimeoutError(f"gave up waiting for a lock: {exc}")
+        if state == _QUERY_CANCELED and "statement timeout" in str(exc):
+            return StatementTimeoutError(f"a statement ran past its timeout: {exc}")
         return None
-    if isinstance(exc, psycopg_pool.PoolTimeout):
-        return StoreUnavailableError(f"no database connection available: {exc}")
-    if isinstance(exc, psycopg_pool.PoolClosed):
-        return StoreUnavailableError(f"the store is closed: {exc}")
     return None
 
 

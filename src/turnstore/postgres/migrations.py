@@ -160,9 +160,12 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
     """Apply the pending migrations to ``schema``; return the versions applied, in order.
 
     ``conn`` must not be inside a transaction: each migration runs in a transaction of its
-    own (``SET LOCAL search_path`` to the schema), and a session-level advisory lock keeps
-    concurrent callers (several app instances starting at once) from racing: the second
-    waits, then finds nothing to do. Refuses with ``MigrationError``, applying nothing, when
+    own (``SET LOCAL search_path`` to the schema) that first takes a transaction-scoped
+    advisory lock, then reads the applied versions and applies the first pending file. So
+    concurrent callers (several app instances starting at once) never race: the second
+    waits for the first's transaction, then finds that file applied. Nothing is held
+    between transactions, so it works through a transaction-pooling pooler too
+    (docs/deploying.md, *Poolers*). Refuses with ``MigrationError``, applying nothing, when
     an applied file's checksum changed or a recorded version has no file.
     """
     check_schema_name(schema)
@@ -177,43 +180,45 @@ async def migrate(conn: Connection, schema: str = DEFAULT_SCHEMA) -> list[int]:
         if not restore_autocommit:
             await conn.set_autocommit(True)
         try:
-            await conn.execute(q.MIGRATION_LOCK, (schema,))
-            try:
-                return await _migrate_locked(conn, schema, files)
-            finally:
-                if not conn.closed:
-                    await conn.execute(q.MIGRATION_UNLOCK, (schema,))
+            applied: list[int] = []
+            while True:
+                version = await _apply_next(conn, schema, files)
+                if version is None:
+                    return applied
+                applied.append(version)
         finally:
             if not restore_autocommit and not conn.closed:
                 await conn.set_autocommit(False)
 
 
-async def _migrate_locked(conn: Connection, schema: str, files: list[Migration]) -> list[int]:
+async def _apply_next(conn: Connection, schema: str, files: list[Migration]) -> int | None:
+    """In one transaction under the migration lock: apply the first pending migration and
+    return its version, or return ``None`` when none is pending."""
     schema_ident = sql.Identifier(schema)
-    cur = await conn.execute(q.SCHEMA_EXISTS, (schema,))
-    if await cur.fetchone() is None:
-        await conn.execute(sql.SQL(q.CREATE_SCHEMA).format(schema=schema_ident))
-    await conn.execute(sql.SQL(q.CREATE_VERSION_TABLE).format(table=_version_table(schema)))
-    status = _compare(files, await _read_recorded(conn, schema))
-    if status.changed:
-        raise MigrationError(
-            f"applied migration(s) {list(status.changed)} in schema {schema!r} no longer "
-            "match their files (checksum changed); refusing to migrate"
-        )
-    if status.unknown:
-        raise MigrationError(
-            f"schema {schema!r} records migration(s) {list(status.unknown)} that this "
-            "turnstore does not have (a newer version migrated it); refusing to migrate"
-        )
-    record = sql.SQL(q.RECORD_VERSION).format(table=q.param_ident(schema, "schema_migrations"))
-    set_path = sql.SQL(q.SET_LOCAL_SEARCH_PATH).format(schema=schema_ident)
-    applied: list[int] = []
-    for m in files:
-        if m.version not in status.pending:
-            continue
+    async with conn.transaction():
+        await conn.execute(q.MIGRATION_LOCK, (schema,))
+        cur = await conn.execute(q.SCHEMA_EXISTS, (schema,))
+        if await cur.fetchone() is None:
+            await conn.execute(sql.SQL(q.CREATE_SCHEMA).format(schema=schema_ident))
+        await conn.execute(sql.SQL(q.CREATE_VERSION_TABLE).format(table=_version_table(schema)))
+        status = _compare(files, await _read_recorded(conn, schema))
+        if status.changed:
+            raise MigrationError(
+                f"applied migration(s) {list(status.changed)} in schema {schema!r} no longer "
+                "match their files (checksum changed); refusing to migrate"
+            )
+        if status.unknown:
+            raise MigrationError(
+                f"schema {schema!r} records migration(s) {list(status.unknown)} that this "
+                "turnstore does not have (a newer version migrated it); refusing to migrate"
+            )
+        if not status.pending:
+            return None
+        m = next(f for f in files if f.version == status.pending[0])
+        record = sql.SQL(q.RECORD_VERSION).format(table=q.param_ident(schema, "schema_migrations"))
         try:
-            async with conn.transaction():
-                await conn.execute(set_path)
+            async with conn.transaction():  # a savepoint: the file's error, not the lock's
+                await conn.execute(sql.SQL(q.SET_LOCAL_SEARCH_PATH).format(schema=schema_ident))
                 await conn.execute(m.sql.encode("utf-8"))
                 await conn.execute(record, (m.version, m.name, m.checksum))
         except psycopg.Error as exc:
@@ -222,5 +227,4 @@ async def _migrate_locked(conn: Connection, schema: str, files: list[Migration])
             raise MigrationError(
                 f"migration {m.version:04d}_{m.name} failed in schema {schema!r}: {exc}"
             ) from exc
-        applied.append(m.version)
-    return applied
+        return m.version

@@ -4,7 +4,9 @@ Placeholders in braces are identifiers, filled in once per schema by ``render`` 
 ``psycopg.sql.Identifier``: ``{turns}`` is the schema-qualified ``chat_turns`` table,
 ``{counter}`` a tool counter column, ``{table}`` / ``{schema}`` the migration bookkeeping.
 ``{scope}`` marks where the compiled ``AccessScope`` expression goes (see
-``turnstore.postgres.scope``). Values are always ``%s`` parameters, in text order: a
+``turnstore.postgres.scope``). ``{bounds}`` is where a statement that may wait for a lock
+sets the store's lock and statement timeouts for its transaction (``StatementBounds``;
+empty when the store sets none). Values are always ``%s`` parameters, in text order: a
 method's parameters first, the scope's last.
 
 Time is the database's: a statement that writes a time reads ``clock_timestamp()`` once,
@@ -23,12 +25,14 @@ a host should not use these class ids for its own locks:
   per chat, key ``hashtext(tenant_id::text || chat_id::text)`` (a chat is identified by
   tenant and chat), held until the transaction ends.
 - ``MIGRATION_LOCK_CLASS`` (1414745415, ASCII ``TSMG``): serializes ``migrate`` per schema,
-  key ``hashtext(schema)``, held for the duration of the run.
+  key ``hashtext(schema)``, held by each migration's transaction (transaction-scoped, so it
+  holds through a transaction-pooling pooler and is never left behind).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from psycopg import sql
 
@@ -60,9 +64,9 @@ __all__ = [
     "LIST_TURNS_ALL",
     "LOCK_CHAT",
     "LOCK_VISIBLE_CHAT",
+    "NO_BOUNDS",
     "MIGRATION_LOCK",
     "MIGRATION_LOCK_CLASS",
-    "MIGRATION_UNLOCK",
     "PURGE_TURNS",
     "READ_VERSIONS",
     "RELEASE_LEASE",
@@ -74,6 +78,7 @@ __all__ = [
     "SET_LOCAL_SEARCH_PATH",
     "SOFT_DELETE",
     "STILL_RUNNING",
+    "StatementBounds",
     "TAKE_LEASE",
     "TOUCH_TURNS",
     "TURN_COLUMNS",
@@ -94,7 +99,7 @@ DEFAULT_SCHEMA = "turnstore"
 #: Written out as a number in ``LOCK_CHAT``; a test keeps the two equal.
 CHAT_LOCK_CLASS = 0x54534348
 #: Advisory lock class of the per-schema lock taken by ``migrate`` ("TSMG").
-#: Written out as a number in ``MIGRATION_LOCK`` and ``MIGRATION_UNLOCK``.
+#: Written out as a number in ``MIGRATION_LOCK``.
 MIGRATION_LOCK_CLASS = 0x54534D47
 
 #: The columns every turn-returning statement selects, in this order: the ``Turn`` fields.
@@ -133,7 +138,7 @@ TURN_COLUMNS: tuple[str, ...] = (
 # --------------------------------------------------------------------------- turns
 
 INSERT_TURN = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 INSERT INTO {turns} (
     id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
     provider_name, reserve_tokens, max_output_tokens_applied, reserved_credits_micro,
@@ -204,7 +209,7 @@ WHERE tenant_id = %s AND chat_id = %s AND state = 'running' AND deleted_at IS NU
 # never for a CAS that lost (no row) or a transaction that rolled back. The outer SELECT
 # returns one row per win, so the cursor's rowcount stays "1 if this call won".
 CAS_STATE = """
-WITH clock AS (SELECT clock_timestamp() AS ts),
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds}),
 won AS (
 UPDATE {turns} SET
     state = %s,
@@ -221,7 +226,7 @@ SELECT pg_notify({channel}, id::text) FROM won
 """
 
 CAS_COMPLETED = """
-WITH clock AS (SELECT clock_timestamp() AS ts),
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds}),
 won AS (
 UPDATE {turns} SET
     state = 'completed',
@@ -236,7 +241,7 @@ SELECT pg_notify({channel}, id::text) FROM won
 """
 
 SET_ASSISTANT_MESSAGE = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 UPDATE {turns} SET assistant_message_id = %s, updated_at = clock.ts
 FROM clock
 WHERE id = %s AND ({scope})
@@ -245,7 +250,7 @@ WHERE id = %s AND ({scope})
 # Idempotent: a second delete keeps the first deleted_at, replaced_by_request_id and
 # updated_at (SET expressions read the row as it was before this statement).
 SOFT_DELETE = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 UPDATE {turns} SET
     deleted_at = COALESCE(deleted_at, clock.ts),
     replaced_by_request_id = CASE WHEN deleted_at IS NULL THEN %s::uuid
@@ -271,7 +276,7 @@ LIMIT 1
 """
 
 UPDATE_PROGRESS = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 UPDATE {turns} SET last_progress_at = clock.ts, updated_at = clock.ts
 FROM clock
 WHERE id = %s AND state = 'running' AND ({scope})
@@ -304,7 +309,7 @@ WHERE target.tenant_id IS NULL OR target.tenant_id = touched.tenant_id
 """
 
 FIND_ORPHANS = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 SELECT
     id, tenant_id, chat_id, request_id, requester_type, requester_user_id, state,
     provider_name, provider_response_id, assistant_message_id, error_code, error_detail,
@@ -321,7 +326,7 @@ LIMIT %s
 """
 
 FINALIZE_ORPHAN = """
-WITH clock AS (SELECT clock_timestamp() AS ts),
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds}),
 won AS (
 UPDATE {turns} SET
     state = 'failed',
@@ -380,7 +385,7 @@ LIMIT 1
 """
 
 UPDATE_PREFLIGHT = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 UPDATE {turns} SET
     reserve_tokens = %s,
     max_output_tokens_applied = %s,
@@ -394,7 +399,7 @@ WHERE id = %s AND state = 'running' AND ({scope})
 """
 
 INCREMENT_TOOL = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 UPDATE {turns} SET {counter} = {counter} + 1, updated_at = clock.ts
 FROM clock
 WHERE id = %s AND state = 'running' AND deleted_at IS NULL AND ({scope})
@@ -456,7 +461,7 @@ LIMIT %s
 # it is computed once and bounds the index scan. "id = ANY (ARRAY(...))" deletes the batch
 # through the primary key; "id IN (...)" lets the planner hash-join the whole table.
 PURGE_TURNS = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 DELETE FROM {turns}
 WHERE id = ANY (ARRAY(
     SELECT id FROM {turns}
@@ -468,7 +473,7 @@ WHERE id = ANY (ARRAY(
 """
 
 COUNT_PURGEABLE = """
-WITH clock AS (SELECT clock_timestamp() AS ts)
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 SELECT count(*) FROM {turns}
 WHERE state <> 'running'
   AND completed_at <= (SELECT ts FROM clock) - make_interval(secs => %s)
@@ -556,8 +561,7 @@ ON CONFLICT (version) DO NOTHING;
 """
 
 # 1414745415 is MIGRATION_LOCK_CLASS.
-MIGRATION_LOCK = "SELECT pg_advisory_lock(1414745415, hashtext(%s))"
-MIGRATION_UNLOCK = "SELECT pg_advisory_unlock(1414745415, hashtext(%s))"
+MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(1414745415, hashtext(%s))"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -588,23 +592,76 @@ def param_ident(*names: str) -> sql.SQL:
     return sql.SQL(sql.Identifier(*names).as_string(None).replace("%", "%%"))
 
 
-def render(template: str, schema: str, **identifiers: str) -> str:
+@dataclass(frozen=True)
+class StatementBounds:
+    """The lock and statement timeouts a store sets, per transaction, on every statement
+    that may wait for a lock (docs/deploying.md, *Timeouts*).
+
+    They are set with ``set_config(name, value, true)``: local to the transaction, like
+    ``SET LOCAL``, so they hold through a transaction-pooling pooler (which refuses startup
+    options and hands each transaction to any server session) and end with the
+    transaction, the caller's own included. ``None`` leaves the server's setting.
+    """
+
+    lock_timeout_ms: int | None = None
+    statement_timeout_ms: int | None = None
+
+    def _settings(self) -> list[tuple[str, int]]:
+        return [
+            (name, value)
+            for name, value in (
+                ("lock_timeout", self.lock_timeout_ms),
+                ("statement_timeout", self.statement_timeout_ms),
+            )
+            if value is not None
+        ]
+
+    @property
+    def select_items(self) -> str:
+        """Extra select items for a statement's ``clock`` CTE (``{bounds}``), which every
+        statement that writes scans before it can wait for a row lock."""
+        return "".join(
+            f", set_config('{name}', '{value}', true) AS {name}" for name, value in self._settings()
+        )
+
+    @property
+    def statement(self) -> str | None:
+        """A statement setting the bounds on its own, sent first in a transaction's
+        pipeline (so the statement after it is bounded as a whole); ``None`` when none."""
+        settings = self._settings()
+        if not settings:
+            return None
+        return "SELECT " + ", ".join(
+            f"set_config('{name}', '{value}', true)" for name, value in settings
+        )
+
+
+#: No bounds: the server's own ``lock_timeout`` and ``statement_timeout`` apply.
+NO_BOUNDS = StatementBounds()
+
+
+def render(template: str, schema: str, *, bounds: str = "", **identifiers: str) -> str:
     """Render a statement for ``schema``; identifiers are quoted, never interpolated raw.
 
     Every rendered statement is executed with parameters, so identifiers are escaped for it.
-    ``{scope}``, if present, is left as ``SCOPE_MARK`` for ``render_scoped`` to split on.
+    ``{scope}``, if present, is left as ``SCOPE_MARK`` for ``render_scoped`` to split on;
+    ``{bounds}`` becomes ``bounds`` (``StatementBounds.select_items``, text this module
+    builds from two integers).
     """
     names = {key: param_ident(value) for key, value in identifiers.items()}
     query = sql.SQL(template.strip()).format(
         turns=param_ident(schema, "chat_turns"),
         scope=sql.SQL(SCOPE_MARK),
         channel=sql.Literal(finalize_channel(schema)),
+        bounds=sql.SQL(bounds),
         **names,
     )
     return query.as_string(None)
 
 
-def render_scoped(template: str, schema: str, **identifiers: str) -> ScopedStatement:
+def render_scoped(
+    template: str, schema: str, *, bounds: str = "", **identifiers: str
+) -> ScopedStatement:
     """Render a statement with a ``{scope}`` placeholder for ``schema``, split around it."""
-    head, tail = render(template, schema, **identifiers).split(SCOPE_MARK)
+    head, tail = render(template, schema, bounds=bounds, **identifiers).split(SCOPE_MARK)
     return ScopedStatement(head, tail)

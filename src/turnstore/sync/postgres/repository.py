@@ -12,7 +12,6 @@ transaction usable: inserts use ``ON CONFLICT DO NOTHING`` and then classify the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -39,10 +38,15 @@ from turnstore.postgres.repository import (
     _turn_rows,
 )
 from turnstore.postgres.scope import SCOPE_CACHE_SIZE, CompiledScope, ScopedStatement
-from turnstore.postgres.statements import DEFAULT_SCHEMA, render, render_scoped
+from turnstore.postgres.statements import (
+    DEFAULT_SCHEMA,
+    StatementBounds,
+    render,
+    render_scoped,
+)
 from turnstore.rules import ORPHAN_ERROR_CODE
-from turnstore.scope import AccessScope, check_touch_targets
-from turnstore.validation import check_optional_uuid, check_schema_name
+from turnstore.scope import AccessScope
+from turnstore.validation import check_optional_uuid, check_schema_name, check_timeout_ms
 
 __all__ = ["PostgresTurnRepository"]
 Connection = psycopg.Connection[Any]
@@ -53,6 +57,15 @@ class PostgresTurnRepository:
 
     Stateless apart from the statements rendered for ``schema``: one instance can serve any
     number of connections and tasks at once.
+
+    Args:
+        schema: The schema holding ``chat_turns``.
+        lock_timeout_secs: Bound on every wait for a chat or row lock, set per transaction
+            by the statements that may wait (``LockTimeoutError`` past it); ``None`` leaves
+            the server's ``lock_timeout``. Whole milliseconds, at least 1.
+        statement_timeout_secs: Bound on the statements of a transaction that follow the
+            first one turnstore sends in it (``StatementTimeoutError``); ``None`` leaves
+            the server's ``statement_timeout`` (docs/deploying.md, *Timeouts*).
     """
 
     __slots__ = (
@@ -79,48 +92,60 @@ class PostgresTurnRepository:
         "_purge",
         "_scopes",
         "_set_assistant_message",
+        "_set_bounds",
         "_soft_delete",
-        "_touch_turns",
         "_update_preflight",
         "_update_progress",
+        "bounds",
         "schema",
     )
 
-    def __init__(self, schema: str = DEFAULT_SCHEMA) -> None:
+    def __init__(
+        self,
+        schema: str = DEFAULT_SCHEMA,
+        *,
+        lock_timeout_secs: float | None = None,
+        statement_timeout_secs: float | None = None,
+    ) -> None:
         self.schema = check_schema_name(schema)
-        self._insert = render(q.INSERT_TURN, schema)
-        self._classify = render_scoped(q.CLASSIFY_CONFLICT, schema)
-        self._find_by_request = render_scoped(q.FIND_BY_REQUEST, schema)
-        self._find_running = render_scoped(q.FIND_RUNNING, schema)
-        self._cas_state = render_scoped(q.CAS_STATE, schema)
-        self._cas_completed = render_scoped(q.CAS_COMPLETED, schema)
-        self._set_assistant_message = render_scoped(q.SET_ASSISTANT_MESSAGE, schema)
-        self._soft_delete = render_scoped(q.SOFT_DELETE, schema)
-        self._find_latest = render_scoped(q.FIND_LATEST, schema)
-        self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema)
-        self._touch_turns = render(q.TOUCH_TURNS, schema)
-        self._find_orphans = render(q.FIND_ORPHANS, schema)
-        self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema)
+        self.bounds = StatementBounds(
+            lock_timeout_ms=check_timeout_ms("lock_timeout_secs", lock_timeout_secs),
+            statement_timeout_ms=check_timeout_ms("statement_timeout_secs", statement_timeout_secs),
+        )
+        self._set_bounds = self.bounds.statement
+        bounds = self.bounds.select_items
+        self._insert = render(q.INSERT_TURN, schema, bounds=bounds)
+        self._classify = render_scoped(q.CLASSIFY_CONFLICT, schema, bounds=bounds)
+        self._find_by_request = render_scoped(q.FIND_BY_REQUEST, schema, bounds=bounds)
+        self._find_running = render_scoped(q.FIND_RUNNING, schema, bounds=bounds)
+        self._cas_state = render_scoped(q.CAS_STATE, schema, bounds=bounds)
+        self._cas_completed = render_scoped(q.CAS_COMPLETED, schema, bounds=bounds)
+        self._set_assistant_message = render_scoped(q.SET_ASSISTANT_MESSAGE, schema, bounds=bounds)
+        self._soft_delete = render_scoped(q.SOFT_DELETE, schema, bounds=bounds)
+        self._find_latest = render_scoped(q.FIND_LATEST, schema, bounds=bounds)
+        self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema, bounds=bounds)
+        self._find_orphans = render(q.FIND_ORPHANS, schema, bounds=bounds)
+        self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema, bounds=bounds)
         self._lock_chat = q.LOCK_CHAT
-        self._lock_visible_chat = render_scoped(q.LOCK_VISIBLE_CHAT, schema)
-        self._latest_for_update = render_scoped(q.LATEST_FOR_UPDATE, schema)
-        self._latest_id = render_scoped(q.LATEST_ID, schema)
-        self._update_preflight = render_scoped(q.UPDATE_PREFLIGHT, schema)
+        self._lock_visible_chat = render_scoped(q.LOCK_VISIBLE_CHAT, schema, bounds=bounds)
+        self._latest_for_update = render_scoped(q.LATEST_FOR_UPDATE, schema, bounds=bounds)
+        self._latest_id = render_scoped(q.LATEST_ID, schema, bounds=bounds)
+        self._update_preflight = render_scoped(q.UPDATE_PREFLIGHT, schema, bounds=bounds)
         self._increment = {
-            tool: render_scoped(q.INCREMENT_TOOL, schema, counter=tool.column)
+            tool: render_scoped(q.INCREMENT_TOOL, schema, bounds=bounds, counter=tool.column)
             for tool in ToolCallType
         }
-        self._get_turn = render_scoped(q.GET_TURN, schema)
-        self._list_live = render_scoped(q.LIST_TURNS, schema)
-        self._list_all = render_scoped(q.LIST_TURNS_ALL, schema)
-        self._purge = render(q.PURGE_TURNS, schema)
-        self._count_purgeable = render(q.COUNT_PURGEABLE, schema)
-        self._erase_tenant = render(q.ERASE_TENANT, schema)
-        self._count_tenant = render(q.COUNT_TENANT, schema)
+        self._get_turn = render_scoped(q.GET_TURN, schema, bounds=bounds)
+        self._list_live = render_scoped(q.LIST_TURNS, schema, bounds=bounds)
+        self._list_all = render_scoped(q.LIST_TURNS_ALL, schema, bounds=bounds)
+        self._purge = render(q.PURGE_TURNS, schema, bounds=bounds)
+        self._count_purgeable = render(q.COUNT_PURGEABLE, schema, bounds=bounds)
+        self._erase_tenant = render(q.ERASE_TENANT, schema, bounds=bounds)
+        self._count_tenant = render(q.COUNT_TENANT, schema, bounds=bounds)
         self._scopes: dict[int, CompiledScope] = {}
 
     def __repr__(self) -> str:
-        return f"PostgresTurnRepository(schema={self.schema!r})"
+        return f"PostgresTurnRepository(schema={self.schema!r}, bounds={self.bounds!r})"
 
     def _compiled(self, scope: AccessScope) -> CompiledScope:
         """``scope`` compiled (``compile_scope``), from the cache when this very object was
@@ -323,35 +348,6 @@ class PostgresTurnRepository:
         check_uuid("turn_id", turn_id)
         return self._count(runner, self._update_progress, scope, (turn_id,))
 
-    def touch_turns(
-        self, runner: Connection, targets: Sequence[tuple[AccessScope, UUID]]
-    ) -> list[bool]:
-        """The protocol method, documented at
-        [turnstore.repository.TurnRepository.touch_turns][]."""
-        check_touch_targets(targets)
-        ords: list[int] = []
-        ids: list[UUID] = []
-        tenants: list[UUID | None] = []
-        for ord_, (scope, turn_id) in enumerate(targets):
-            permitted = scope.tenants_for_turn(turn_id)
-            if permitted is None:
-                ords.append(ord_)
-                ids.append(turn_id)
-                tenants.append(None)
-                continue
-            for tenant_id in permitted:
-                ords.append(ord_)
-                ids.append(turn_id)
-                tenants.append(tenant_id)
-        touched = [False] * len(targets)
-        if not ords:
-            return touched
-        with driver_errors:
-            cur = runner.execute(self._touch_turns, (ords, ids, tenants, list(set(ids))))
-            for (ord_,) in cur.fetchall():
-                touched[ord_] = True
-        return touched
-
     def find_orphan_candidates(
         self, runner: Connection, timeout_secs: int, limit: int
     ) -> list[Turn]:
@@ -406,6 +402,8 @@ class PostgresTurnRepository:
                 locked = runner.cursor(row_factory=_turn_rows)
                 check = runner.cursor()
                 with runner.pipeline():
+                    if self._set_bounds is not None:
+                        runner.execute(self._set_bounds)
                     if lock is not None:
                         runner.execute(lock, lock_params)
                     locked.execute(select, select_params)

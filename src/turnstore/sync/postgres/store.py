@@ -9,6 +9,7 @@ opened the way the store's own connections are).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
@@ -20,10 +21,11 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict
 
 from turnstore.errors import InvalidParameterError
-from turnstore.postgres.errors import driver_errors, raise_translated
+from turnstore.postgres.errors import driver_errors
 from turnstore.postgres.notify import DEFAULT_CANCEL_POLL_SECS, PostgresFinalizeSignals
 from turnstore.postgres.statements import DEFAULT_SCHEMA, STILL_RUNNING, render
 from turnstore.sync.election import LeaderElection
+from turnstore.sync.postgres.checkout import AutocommitConnection, checkout, give_back, holding
 from turnstore.sync.postgres.election import (
     AdvisoryLockElection,
     ConnectionFactory,
@@ -41,13 +43,42 @@ from turnstore.validation import (
     check_text,
 )
 
-__all__ = ["MAX_OPEN_TIMEOUT_SECS", "PostgresStore", "check_dsn"]
+__all__ = [
+    "DEFAULT",
+    "DEFAULT_LOCK_TIMEOUT_SECS",
+    "MAX_OPEN_TIMEOUT_SECS",
+    "Default",
+    "PostgresStore",
+    "check_dsn",
+    "check_prepare_threshold",
+]
+DEFAULT_LOCK_TIMEOUT_SECS = 10.0
 MAX_OPEN_TIMEOUT_SECS = 86400.0
 _MAX_DSN_CHARS = 8192
 Connection = psycopg.Connection[Any]
 Pool = psycopg_pool.ConnectionPool[Any]
 _LEADER_APPLICATION_NAME = "turnstore-watchdog"
 _LISTENER_APPLICATION_NAME = "turnstore-listener"
+
+
+class Default(enum.Enum):
+    """The type of ``DEFAULT``: an argument left out (``None`` means something else)."""
+
+    DEFAULT = "DEFAULT"
+
+
+DEFAULT = Default.DEFAULT
+
+
+def check_prepare_threshold(value: object) -> int | None:
+    """``None`` (never prepare) or an int >= 0 (prepare after that many uses; 0: at once)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidParameterError(
+            f"prepare_threshold must be None (never prepare) or an int >= 0, got {value!r}"
+        )
+    return value
 
 
 def check_dsn(dsn: object, name: str = "dsn") -> str:
@@ -62,63 +93,6 @@ def check_dsn(dsn: object, name: str = "dsn") -> str:
         message = " ".join(str(exc).split())
         raise InvalidParameterError(f"{name} is not a valid connection string: {message}") from exc
     return dsn
-
-
-def _give_back(pool: Pool, conn: Connection) -> None:
-    """Return ``conn`` to ``pool``, even if the caller is cancelled meanwhile.
-
-    ``putconn`` awaits (a rollback, the pool's lock); a cancellation landing there (a
-    task cancelled twice: once in its body, again while it cleans up) would lose the
-    connection for good. Shielded, the return finishes in the background.
-    """
-    pool.putconn(conn)
-
-
-class _AutocommitConnection(AbstractContextManager[Connection]):
-    """``PostgresStore.connection()``: a pooled connection in autocommit for one block.
-
-    A class rather than an ``@contextmanager`` generator: every keep-alive write and
-    every single-statement call goes through it, and a plain object costs a few
-    microseconds less per use.
-    """
-
-    __slots__ = ("_conn", "_pool", "_switched")
-
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
-        self._switched = False
-
-    def __enter__(self) -> Connection:
-        pool = self._pool
-        try:
-            conn: Connection = pool.getconn()
-        except Exception as exc:
-            raise_translated(exc)
-            raise
-        if not conn.autocommit:
-            try:
-                with driver_errors:
-                    conn.set_autocommit(True)
-            except BaseException:
-                _give_back(pool, conn)
-                raise
-            self._switched = True
-        self._conn = conn
-        return conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        conn = self._conn
-        try:
-            if self._switched and (not conn.closed):
-                with driver_errors:
-                    conn.set_autocommit(False)
-        finally:
-            _give_back(self._pool, conn)
 
 
 class PostgresStore:
@@ -140,6 +114,10 @@ class PostgresStore:
         notifications: Learn of finalized turns by ``LISTEN`` (see ``open``).
         cancel_poll_secs: Seconds between polls of waited turns while no listener
             listens (see ``open``).
+        check_connections: Never hand out a pooled connection the server dropped (see
+            ``open``).
+        lock_timeout_secs: Bound on every wait for a chat or row lock (see ``open``).
+        statement_timeout_secs: Bound on statements inside a transaction (see ``open``).
     """
 
     def __init__(
@@ -151,6 +129,9 @@ class PostgresStore:
         owns_pool: bool = False,
         notifications: bool = True,
         cancel_poll_secs: float = DEFAULT_CANCEL_POLL_SECS,
+        check_connections: bool = True,
+        lock_timeout_secs: float | None = DEFAULT_LOCK_TIMEOUT_SECS,
+        statement_timeout_secs: float | None = None,
     ) -> None:
         check_instance("pool", pool, psycopg_pool.ConnectionPool, "psycopg_pool.ConnectionPool")
         if dsn is not None:
@@ -158,13 +139,20 @@ class PostgresStore:
         check_bool("owns_pool", owns_pool)
         check_bool("notifications", notifications)
         check_seconds("cancel_poll_secs", cancel_poll_secs, 3600.0)
+        check_bool("check_connections", check_connections)
         self._pool = pool
         self._dsn = dsn
         self._owns_pool = owns_pool
-        self._turns = PostgresTurnRepository(schema)
+        self._check_connections = check_connections
+        self._turns = PostgresTurnRepository(
+            schema,
+            lock_timeout_secs=lock_timeout_secs,
+            statement_timeout_secs=statement_timeout_secs,
+        )
         self._notifications = notifications
         self._cancel_poll_secs = float(cancel_poll_secs)
         self._signals: PostgresFinalizeSignals | None = None
+        self._dedicated_kwargs: dict[str, Any] = {}
         self._still_running = render(STILL_RUNNING, self._turns.schema)
 
     @classmethod
@@ -179,6 +167,10 @@ class PostgresStore:
         verify_schema: bool = False,
         notifications: bool = True,
         cancel_poll_secs: float = DEFAULT_CANCEL_POLL_SECS,
+        prepare_threshold: int | Default | None = DEFAULT,
+        check_connections: bool = True,
+        lock_timeout_secs: float | None = DEFAULT_LOCK_TIMEOUT_SECS,
+        statement_timeout_secs: float | None = None,
     ) -> PostgresStore:
         """Open a pool of ``min_size..max_size`` autocommit connections to ``dsn``.
 
@@ -188,8 +180,9 @@ class PostgresStore:
                 statement of the store is rendered for it.
             min_size: Connections the pool opens at once and keeps open.
             max_size: The most connections the pool opens under load.
-            timeout: Seconds to wait for the first ``min_size`` connections, and for a
-                free connection on each later call; past it, ``StoreUnavailableError``.
+            timeout: Seconds to wait for the first ``min_size`` connections
+                (``StoreUnavailableError`` past it), and for a free connection on each later
+                call (``PoolTimeoutError``).
             verify_schema: Run ``verify_schema()`` once, so an app that does not migrate
                 itself fails at start (``SchemaMismatchError``) instead of on its first
                 call.
@@ -200,6 +193,22 @@ class PostgresStore:
             cancel_poll_secs: Seconds between two polls of the waited turns when no
                 listener is listening (notifications off, or the listening connection
                 down and reconnecting).
+            prepare_threshold: psycopg's ``prepare_threshold`` for the store's connections:
+                left out, psycopg's own default (statements prepared after a few uses);
+                ``None`` never prepares, which a transaction-pooling pooler (PgBouncer in
+                transaction mode, RDS Proxy, Supavisor) needs (docs/deploying.md,
+                *Poolers*).
+            check_connections: Never hand out a pooled connection the server dropped (a
+                restart, a crash, a failover): a socket check per checkout, a round trip
+                only for a connection that looks dead (docs/deploying.md, *Restarts and
+                failover*).
+            lock_timeout_secs: Bound on every wait for a chat or row lock, set per
+                transaction (``LockTimeoutError`` past it; 10 s by default); ``None``
+                leaves the server's ``lock_timeout``.
+            statement_timeout_secs: Bound on the statements of a transaction after the
+                first one turnstore sends in it (``StatementTimeoutError``); ``None`` (the
+                default) leaves the server's ``statement_timeout``. See
+                docs/deploying.md, *Timeouts*.
 
         On any failure the pool is closed before the error propagates.
 
@@ -207,7 +216,8 @@ class PostgresStore:
         text in libpq's syntax, ``schema`` a name PostgreSQL keeps as given
         (``check_schema_name``), ``0 <= min_size`` and ``max(1, min_size) <= max_size``
         (ints, at most 10000), ``timeout`` a finite number of seconds in (0, 86400],
-        ``cancel_poll_secs`` in (0, 3600].
+        ``cancel_poll_secs`` in (0, 3600], ``prepare_threshold`` ``None`` or an int >= 0,
+        the two timeouts ``None`` or seconds in [0.001, 86400].
         """
         check_dsn(dsn)
         check_schema_name(schema)
@@ -216,13 +226,21 @@ class PostgresStore:
         check_bool("verify_schema", verify_schema)
         check_bool("notifications", notifications)
         check_seconds("cancel_poll_secs", cancel_poll_secs, 3600.0)
-        repository = PostgresTurnRepository(schema)
+        check_bool("check_connections", check_connections)
+        repository = PostgresTurnRepository(
+            schema,
+            lock_timeout_secs=lock_timeout_secs,
+            statement_timeout_secs=statement_timeout_secs,
+        )
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if not isinstance(prepare_threshold, Default):
+            kwargs["prepare_threshold"] = check_prepare_threshold(prepare_threshold)
         pool: Pool = psycopg_pool.ConnectionPool(
             dsn,
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
-            kwargs={"autocommit": True},
+            kwargs=kwargs,
             open=False,
             name=f"turnstore:{schema}",
         )
@@ -236,7 +254,11 @@ class PostgresStore:
                 owns_pool=True,
                 notifications=notifications,
                 cancel_poll_secs=cancel_poll_secs,
+                check_connections=check_connections,
+                lock_timeout_secs=lock_timeout_secs,
+                statement_timeout_secs=statement_timeout_secs,
             )
+            store._dedicated_kwargs = dict(kwargs)
             if verify_schema:
                 store.verify_schema()
         except BaseException:
@@ -264,11 +286,6 @@ class PostgresStore:
         """The DSN the store opened, or ``None`` when it wraps a host's pool."""
         return self._dsn
 
-    def _acquire(self) -> Connection:
-        with driver_errors:
-            conn: Connection = self._pool.getconn()
-        return conn
-
     def connection(self) -> AbstractContextManager[Connection]:
         """A pooled connection in **autocommit**, for one ``async with`` block.
 
@@ -276,21 +293,26 @@ class PostgresStore:
         by one, never together, and a host write made on it is not rolled back by a later
         error. Use ``transaction()`` for several statements that must commit together. A
         host pool's connection is switched to autocommit for the block and switched back
-        on exit; the connection goes back to the pool when the block ends.
+        on exit; the connection goes back to the pool when the block ends. With
+        ``check_connections`` a connection the server dropped is never handed out.
         """
-        return _AutocommitConnection(self._pool)
+        return AutocommitConnection(self._pool, check=self._check_connections)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A pooled connection inside a transaction: committed when the block ends
-        normally, rolled back when it raises."""
-        conn = self._acquire()
+        normally, rolled back when it raises. Pass it as the ``runner`` of every call that
+        belongs to the transaction: a call that takes a connection of its own while this
+        block holds one can wait for itself (``PoolDeadlockError`` when the pool times
+        out)."""
+        pool = self._pool
+        conn = checkout(pool, check=self._check_connections)
         try:
-            with driver_errors:
+            with holding(pool), driver_errors:
                 with conn.transaction():
                     yield conn
         finally:
-            _give_back(self._pool, conn)
+            give_back(pool, conn)
 
     def migrate(self) -> None:
         """Apply pending migrations to this store's schema (see ``migrate``)."""
@@ -321,7 +343,7 @@ class PostgresStore:
         ``leader_connection_kwargs``); ``None`` when there is nothing to open it from."""
         if self._dsn:
             conninfo: object = self._dsn
-            pool_kwargs: object = {}
+            pool_kwargs: object = self._dedicated_kwargs
         else:
             conninfo = self._pool.conninfo
             pool_kwargs = self._pool.kwargs
