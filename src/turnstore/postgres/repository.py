@@ -50,13 +50,8 @@ from turnstore.postgres.statements import (
     render_scoped,
 )
 from turnstore.rules import ORPHAN_ERROR_CODE
-<<<<<<< HEAD
 from turnstore.scope import AccessScope, check_touch_targets
-from turnstore.validation import check_optional_uuid, check_schema_name
-=======
-from turnstore.scope import AccessScope
 from turnstore.validation import check_optional_uuid, check_schema_name, check_timeout_ms
->>>>>>> main
 
 __all__ = ["PostgresTurnRepository"]
 
@@ -144,21 +139,6 @@ class PostgresTurnRepository:
         statement_timeout_secs: float | None = None,
     ) -> None:
         self.schema = check_schema_name(schema)
-<<<<<<< HEAD
-        self._insert = render(q.INSERT_TURN, schema)
-        self._classify = render_scoped(q.CLASSIFY_CONFLICT, schema)
-        self._find_by_request = render_scoped(q.FIND_BY_REQUEST, schema)
-        self._find_running = render_scoped(q.FIND_RUNNING, schema)
-        self._cas_state = render_scoped(q.CAS_STATE, schema)
-        self._cas_completed = render_scoped(q.CAS_COMPLETED, schema)
-        self._set_assistant_message = render_scoped(q.SET_ASSISTANT_MESSAGE, schema)
-        self._soft_delete = render_scoped(q.SOFT_DELETE, schema)
-        self._find_latest = render_scoped(q.FIND_LATEST, schema)
-        self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema)
-        self._touch_turns = render(q.TOUCH_TURNS, schema)
-        self._find_orphans = render(q.FIND_ORPHANS, schema)
-        self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema)
-=======
         self.bounds = StatementBounds(
             lock_timeout_ms=check_timeout_ms("lock_timeout_secs", lock_timeout_secs),
             statement_timeout_ms=check_timeout_ms("statement_timeout_secs", statement_timeout_secs),
@@ -175,9 +155,9 @@ class PostgresTurnRepository:
         self._soft_delete = render_scoped(q.SOFT_DELETE, schema, bounds=bounds)
         self._find_latest = render_scoped(q.FIND_LATEST, schema, bounds=bounds)
         self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema, bounds=bounds)
+        self._touch_turns = render(q.TOUCH_TURNS, schema, bounds=bounds)
         self._find_orphans = render(q.FIND_ORPHANS, schema, bounds=bounds)
         self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema, bounds=bounds)
->>>>>>> main
         self._lock_chat = q.LOCK_CHAT
         self._lock_visible_chat = render_scoped(q.LOCK_VISIBLE_CHAT, schema, bounds=bounds)
         self._latest_for_update = render_scoped(q.LATEST_FOR_UPDATE, schema, bounds=bounds)

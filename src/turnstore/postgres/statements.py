@@ -289,7 +289,7 @@ WHERE id = %s AND state = 'running' AND ({scope})
 #: key. Only ``last_progress_at`` and ``updated_at`` change, so the update stays HOT.
 #: Returns the positions of the targets whose turn was touched and whose scope permits it.
 TOUCH_TURNS = """
-WITH clock AS (SELECT clock_timestamp() AS ts),
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds}),
 target AS (
     SELECT * FROM unnest(%s::int4[], %s::uuid[], %s::uuid[]) AS target(ord, id, tenant_id)
 ),

@@ -21,11 +21,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from turnstore.election import LeaderElection
 from turnstore.errors import InvalidParameterError
-<<<<<<< HEAD
 from turnstore.hub import KeepAliveHub
-=======
 from turnstore.postgres.checkout import AutocommitConnection, checkout, give_back, holding
->>>>>>> main
 from turnstore.postgres.election import (
     AdvisoryLockElection,
     ConnectionFactory,
@@ -173,11 +170,8 @@ class PostgresStore:
         self._notifications = notifications
         self._cancel_poll_secs = float(cancel_poll_secs)
         self._signals: PostgresFinalizeSignals | None = None
-<<<<<<< HEAD
         self._hub: KeepAliveHub | None = None  # async-only
-=======
         self._dedicated_kwargs: dict[str, Any] = {}
->>>>>>> main
         self._still_running = render(STILL_RUNNING, self._turns.schema)
 
     @classmethod
