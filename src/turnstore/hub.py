@@ -255,6 +255,13 @@ class KeepAliveHub:
         ticker.add(stream)
         return stream
 
+    async def tick(self, now: float) -> None:
+        """Write every stream due at ``now`` (a reading of the hub's clock), of every
+        interval: what each tick task does on its own. Errors propagate (a tick task logs
+        them and tries again at its next tick; the streams stay due)."""
+        for ticker in list(self._tickers.values()):
+            await ticker.tick(now)
+
     @property
     def streams(self) -> int:
         """How many streams are registered."""
