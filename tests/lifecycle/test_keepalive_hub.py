@@ -134,7 +134,7 @@ SLOW = KeepAliveSettings(interval_secs=10, orphan_timeout_secs=60, max_silence_s
 async def test_one_statement_per_tick_each_turn_under_its_own_scope(
     turnstore_backend: BackendHarness,
 ) -> None:
-    store, clock = hub_store(turnstore_backend)
+    store, _clock = hub_store(turnstore_backend)
     typed = cast(TurnStore[Any], store)
     chats = [Chat() for _ in range(6)]
     turns = [await started(typed, chat) for chat in chats]
@@ -195,7 +195,7 @@ async def test_when_a_stream_is_due(turnstore_backend: BackendHarness) -> None:
 async def test_a_failed_tick_is_tried_again_at_the_next(
     turnstore_backend: BackendHarness,
 ) -> None:
-    store, clock = hub_store(turnstore_backend)
+    store, _clock = hub_store(turnstore_backend)
     typed = cast(TurnStore[Any], store)
     chat = Chat()
     turn = await started(typed, chat)
