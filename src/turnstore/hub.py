@@ -16,6 +16,7 @@ asyncio only: the sync API keeps its per-turn writes (docs/sync.md).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -23,14 +24,20 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
-from turnstore._compat_async import Event, Task, cancel_until_done, spawn, wait_event
+from turnstore._compat_async import Event, Task, cancel_until_done, sleep, spawn, wait_event
 from turnstore.repository import TurnStore
 from turnstore.scope import MAX_TOUCH_TARGETS, AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
 from turnstore.telemetry import NO_TELEMETRY, Telemetry
-from turnstore.validation import check_callable, check_instance, check_uuid
+from turnstore.validation import check_callable, check_instance, check_int, check_uuid
 
-__all__ = ["HUB_STOP_BOUND_SECS", "HubStream", "KeepAliveHub", "KeepAliveHubSource"]
+__all__ = [
+    "DEFAULT_STRIPES",
+    "HUB_STOP_BOUND_SECS",
+    "HubStream",
+    "KeepAliveHub",
+    "KeepAliveHubSource",
+]
 
 #: How long closing a hub, or a stream leaving during a write that includes it, waits.
 HUB_STOP_BOUND_SECS = 5.0
@@ -42,6 +49,18 @@ logger = logging.getLogger("turnstore.hub")
 _TICK_SLACK = 1e-6
 
 
+#: Ticks of one interval that may wait for their statements at once.
+MAX_TICKS = 4
+#: Streams per statement below which a tick is not split further.
+STRIPE_ROWS = 32
+#: How many statements a tick of many streams is split into, by default (see ``_Ticker.tick``).
+DEFAULT_STRIPES = 4
+
+
+def _turn_key(stream: HubStream) -> UUID:
+    return stream.turn_id
+
+
 class HubStream:
     """One stream's entry in a hub: what decides whether a tick writes it, and where the
     answer goes. Made by ``KeepAliveHub.register``; the ``KeepAlive`` owning it calls
@@ -50,6 +69,7 @@ class HubStream:
     __slots__ = (
         "_on_written",
         "_ticker",
+        "flight",
         "heartbeat",
         "interval",
         "last_touch",
@@ -84,6 +104,8 @@ class HubStream:
         self.last_write: float | None = None
         self.left = False
         self.running = True
+        #: Set while a tick is writing this stream; that tick sets it when done.
+        self.flight: Event | None = None
 
     def touch(self) -> None:
         """Record progress: the next tick writes it, at most one interval from now."""
@@ -94,7 +116,7 @@ class HubStream:
         """Whether the tick at ``now`` writes this stream: it still runs and has not left,
         its last write is an interval old, and it touched since, or its heartbeat still
         vouches for it (a touch within ``silence_limit``)."""
-        if self.left or not self.running:
+        if self.left or not self.running or self.flight is not None:
             return False
         last = self.last_write
         if last is not None and now - last < self.interval * (1 - _TICK_SLACK):
@@ -125,10 +147,9 @@ class _Ticker:
         self.interval = interval
         self.streams: dict[int, HubStream] = {}
         self.task: Task[None] | None = None
-        self.wake = Event()
-        self.in_flight: frozenset[int] = frozenset()
-        self.flight_done = Event()
-        self.flight_done.set()
+        #: Ticks under way: a tick starts on time even while an earlier one still waits
+        #: for its statement (up to ``MAX_TICKS``); a stream is in one tick at a time.
+        self.ticking: set[asyncio.Task[None]] = set()
 
     def add(self, stream: HubStream) -> None:
         self.streams[id(stream)] = stream
@@ -137,11 +158,11 @@ class _Ticker:
 
     async def remove(self, stream: HubStream) -> None:
         self.streams.pop(id(stream), None)
-        if id(stream) in self.in_flight:
-            await wait_event(self.flight_done, HUB_STOP_BOUND_SECS)
-        if not self.streams and not self.in_flight and self.task is not None:
-            # The last stream left and no write is under way: end the task now (a
-            # registration meanwhile starts a new one).
+        if stream.flight is not None:
+            await wait_event(stream.flight, HUB_STOP_BOUND_SECS)
+        if not self.streams and self.task is not None:
+            # The last stream left: end the task now (a tick under way finishes on its
+            # own; a registration meanwhile starts a new task).
             task, self.task = self.task, None
             await cancel_until_done(task, total_secs=HUB_STOP_BOUND_SECS)
 
@@ -151,57 +172,75 @@ class _Ticker:
         start = clock()
         while self.streams and not self.hub.closed:
             tick = start + interval * (math.floor((clock() - start) / interval) + 1)
-            while (delay := tick - clock()) > 0:
-                if await wait_event(self.wake, delay):
-                    self.wake.clear()
-                    if not self.streams:
-                        return
-            try:
-                await self.tick(tick)
-            except Exception:
-                logger.warning(
-                    "keep-alive hub: the write of %s s streams failed; retrying at the next tick",
-                    interval,
-                    exc_info=True,
-                )
+            if (delay := tick - clock()) > 0:
+                await sleep(delay)
+            if len(self.ticking) < MAX_TICKS:
+                task = asyncio.ensure_future(self._logged_tick(tick))
+                self.ticking.add(task)
+                task.add_done_callback(self.ticking.discard)
+
+    async def _logged_tick(self, now: float) -> None:
+        try:
+            await self.tick(now)
+        except Exception:
+            logger.warning(
+                "keep-alive hub: a write of %s s streams failed; retrying at the next tick",
+                self.interval,
+                exc_info=True,
+            )
 
     async def tick(self, now: float) -> None:
-        """Write every stream due at ``now``: one statement per ``MAX_TOUCH_TARGETS``."""
-        due = [s for s in self.streams.values() if s.due(now)]
-        for first in range(0, len(due), MAX_TOUCH_TARGETS):
-            await self._write(due[first : first + MAX_TOUCH_TARGETS], now)
+        """Write every stream due at ``now``, in ``hub.stripes`` statements (fewer for few
+        streams), each at most ``MAX_TOUCH_TARGETS`` turns.
+
+        The due streams are sorted by turn id and dealt round-robin: ids in insertion order
+        (UUIDv7) put neighbours on one heap page, so each statement changes only a share of
+        a page's rows, whose new versions fit in the page's free space (a HOT update), and
+        the next statement finds the versions of the previous one dead and prunes them
+        (docs/design.md, *Keep-alive hub*)."""
+        due = sorted((s for s in self.streams.values() if s.due(now)), key=_turn_key)
+        if not due:
+            return
+        flight = Event()
+        for stream in due:
+            stream.flight = flight
+        try:
+            stripes = min(self.hub.stripes, max(1, len(due) // STRIPE_ROWS))
+            for stripe in range(stripes):
+                batch = due[stripe::stripes]
+                for first in range(0, len(batch), MAX_TOUCH_TARGETS):
+                    await self._write(batch[first : first + MAX_TOUCH_TARGETS], now)
+        finally:
+            for stream in due:
+                stream.flight = None
+            flight.set()
 
     async def _write(self, batch: list[HubStream], now: float) -> None:
         hub = self.hub
-        self.in_flight = frozenset(id(s) for s in batch)
-        self.flight_done.clear()
-        try:
-            with hub.telemetry.span("turnstore.keep_alive_hub", {"turnstore.streams": len(batch)}):
-                async with hub.store.connection() as runner:
-                    # Streams that left while the connection was awaited are not written.
-                    batch = [s for s in batch if not s.left]
-                    if not batch:
-                        return
-                    touched = [s.touched for s in batch]
-                    for stream in batch:
-                        stream.touched = False
-                    try:
-                        running = await hub.store.turns.touch_turns(
-                            runner, [(s.scope, s.turn_id) for s in batch]
-                        )
-                    except BaseException:
-                        for stream, was in zip(batch, touched, strict=True):
-                            stream.touched = stream.touched or was
-                        raise
-            hub.statements += 1
-            for stream, still in zip(batch, running, strict=True):
-                stream.written(now, still)
-        finally:
-            self.in_flight = frozenset()
-            self.flight_done.set()
+        with hub.telemetry.span("turnstore.keep_alive_hub", {"turnstore.streams": len(batch)}):
+            async with hub.store.connection() as runner:
+                # Streams that left while the connection was awaited are not written.
+                batch = [s for s in batch if not s.left]
+                if not batch:
+                    return
+                touched = [s.touched for s in batch]
+                for stream in batch:
+                    stream.touched = False
+                try:
+                    running = await hub.store.turns.touch_turns(
+                        runner, [(s.scope, s.turn_id) for s in batch]
+                    )
+                except BaseException:
+                    for stream, was in zip(batch, touched, strict=True):
+                        stream.touched = stream.touched or was
+                    raise
+        hub.statements += 1
+        for stream, still in zip(batch, running, strict=True):
+            stream.written(now, still)
 
     async def close(self) -> None:
-        self.wake.set()
+        for tick in list(self.ticking):
+            await cancel_until_done(tick, total_secs=HUB_STOP_BOUND_SECS)
         task, self.task = self.task, None
         if task is not None and not await cancel_until_done(task, total_secs=HUB_STOP_BOUND_SECS):
             logger.warning(
@@ -214,7 +253,8 @@ class KeepAliveHub:
     docstring). Get it from the store (``store.keepalive_hub()``); ``KeepAlive`` registers
     with it unless ``KeepAliveSettings(batched=False)``.
 
-    ``statements`` counts the ``touch_turns`` statements sent so far.
+    ``statements`` counts the ``touch_turns`` statements sent so far. A tick of many
+    streams is ``stripes`` statements (default 4), so that the updates stay HOT.
     """
 
     def __init__(
@@ -223,8 +263,11 @@ class KeepAliveHub:
         *,
         clock: Callable[[], float] = time.monotonic,
         telemetry: Telemetry = NO_TELEMETRY,
+        stripes: int = DEFAULT_STRIPES,
     ) -> None:
         check_callable("clock", clock)
+        check_int("stripes", stripes, 1, 64)
+        self.stripes = stripes
         self.store = store
         self.clock = clock
         self.telemetry = telemetry

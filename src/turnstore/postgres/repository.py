@@ -415,7 +415,10 @@ class PostgresTurnRepository:
         if not ords:
             return touched  # no target's scope permits its turn: nothing to send
         with driver_errors:
-            cur = await runner.execute(self._touch_turns, (ords, ids, tenants, list(set(ids))))
+            # Binary parameters: thousands of array elements, dumped without text quoting.
+            cur = await runner.execute(
+                self._touch_turns, (ords, ids, tenants, list(set(ids))), binary=True
+            )
             for (ord_,) in await cur.fetchall():
                 touched[ord_] = True
         return touched
