@@ -370,6 +370,6 @@ def test_tenants_for_turn_of_the_named_shapes() -> None:
     tenant, turn_id = TENANTS[0], TURN_IDS[0]
     assert AccessScope.allow_all().tenants_for_turn(turn_id) is None
     assert AccessScope.deny_all().tenants_for_turn(turn_id) == frozenset()
-    assert AccessScope.for_tenant(tenant).tenants_for_turn(turn_id) == {tenant}
+    assert AccessScope.for_tenant(tenant).tenants_for_turn(turn_id) == frozenset({tenant})
     assert AccessScope.for_resource(turn_id).tenants_for_turn(turn_id) is None
     assert AccessScope.for_resource(turn_id).tenants_for_turn(TURN_IDS[1]) == frozenset()
