@@ -5,6 +5,8 @@ rules drive its ticks by hand on a clock that only moves when told."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 from uuid import uuid4
 
@@ -116,6 +118,20 @@ class HubStore(StoreTap):
     def __init__(self, inner: TurnStore[Any], clock: Clock) -> None:
         super().__init__(inner)
         self.hub = KeepAliveHub(cast(TurnStore[Any], self), clock=clock)
+        #: While set, taking a connection waits until it opens.
+        self.gate: asyncio.Event | None = None
+        self.waiting = asyncio.Event()
+
+    def connection(self) -> AbstractAsyncContextManager[Any]:
+        return self._connection()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        if self.gate is not None:
+            self.waiting.set()
+            await self.gate.wait()
+        async with self.inner.connection() as runner:
+            yield runner
 
     def keepalive_hub(self) -> KeepAliveHub:
         return self.hub
@@ -240,3 +256,28 @@ async def test_the_hub_task_runs_while_streams_do_and_ends_with_the_store(
         assert store.hub.tasks == 0
     with pytest.raises(RuntimeError, match="closed"):
         store.hub.register(chat.scope, turn.id, settings, lambda _running: None)
+
+
+async def test_a_stream_that_leaves_during_a_tick_is_not_written_after(
+    turnstore_backend: BackendHarness,
+) -> None:
+    """Leaving while the tick waits for a connection: the tick leaves the stream out, and
+    ``leave`` returns only once the tick is done."""
+    store, _clock = hub_store(turnstore_backend)
+    typed = cast(TurnStore[Any], store)
+    chat = Chat()
+    turn = await started(typed, chat)
+    answers: list[bool] = []
+    stream = store.hub.register(chat.scope, turn.id, SLOW, answers.append)
+    store.gate = asyncio.Event()
+    tick = asyncio.create_task(store.hub.tick(1))
+    await asyncio.wait_for(store.waiting.wait(), timeout=10)
+    leaving = asyncio.create_task(stream.leave())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not leaving.done(), "leave returned while a tick including the stream was under way"
+    store.gate.set()
+    await asyncio.wait_for(asyncio.gather(tick, leaving), timeout=10)
+    assert store.tap.calls["touch_turns"] == 0
+    assert answers == []
+    assert await reload(typed, turn) == turn
