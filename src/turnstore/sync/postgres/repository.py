@@ -375,7 +375,9 @@ class PostgresTurnRepository:
         if not ords:
             return touched
         with driver_errors:
-            cur = runner.execute(self._touch_turns, (ords, ids, tenants, list(set(ids))))
+            cur = runner.execute(
+                self._touch_turns, (ords, ids, tenants, list(set(ids))), binary=True
+            )
             for (ord_,) in cur.fetchall():
                 touched[ord_] = True
         return touched
