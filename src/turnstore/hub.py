@@ -7,9 +7,9 @@ not the database, bounds it. A store hands out one ``KeepAliveHub``
 ``HubStream`` with it instead of running a heartbeat task of its own. The hub keeps one
 background task per distinct interval, started on the first registration and ended when the
 last stream of that interval leaves or the store closes. On each tick it writes the due
-streams of the whole process in one statement, each turn checked against its own stream's
-scope, and tells every written stream whether its turn still runs (docs/design.md,
-*Keep-alive hub*).
+streams of the whole process in one ``touch_turns`` statement (a few, striped, when there
+are many, so the updates stay HOT), each turn checked against its own stream's scope, and
+tells every written stream whether its turn still runs (docs/design.md, *Keep-alive hub*).
 
 asyncio only: the sync API keeps its per-turn writes (docs/sync.md).
 """
