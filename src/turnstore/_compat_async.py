@@ -117,9 +117,17 @@ class Monitor:
         return asyncio.get_running_loop().create_future()
 
 
-async def wait_waiter(waiter: asyncio.Future[None]) -> None:
-    """Wait for ``waiter`` to be set; raises the exception it was set with."""
-    await waiter
+async def wait_waiter(waiter: asyncio.Future[None], timeout: float | None = None) -> bool:
+    """Wait for ``waiter`` to be set, at most ``timeout`` seconds (``None``: for ever);
+    raises the exception it was set with; whether it was set in time."""
+    if timeout is None:
+        await waiter
+        return True
+    try:
+        await asyncio.wait_for(asyncio.shield(waiter), timeout)
+    except asyncio.TimeoutError:
+        return waiter.done()
+    return True
 
 
 async def cancel_until_done(task: asyncio.Task[Any], *, total_secs: float) -> bool:

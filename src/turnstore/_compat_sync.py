@@ -203,12 +203,14 @@ class Monitor:
         return Waiter(self._condition)
 
 
-def wait_waiter(waiter: Waiter) -> None:
-    """Wait, releasing the monitor meanwhile, until ``waiter`` is set; raises the
-    exception it was set with."""
-    waiter._condition.wait_for(waiter.done)
+def wait_waiter(waiter: Waiter, timeout: float | None = None) -> bool:
+    """Wait, releasing the monitor meanwhile, until ``waiter`` is set, at most ``timeout``
+    seconds (``None``: for ever); raises the exception it was set with; whether it was set
+    in time."""
+    done = waiter._condition.wait_for(waiter.done, timeout)
     if waiter._exception is not None:
         raise waiter._exception
+    return bool(done)
 
 
 def cancel_until_done(task: Task[Any], *, total_secs: float) -> bool:

@@ -24,6 +24,7 @@ __all__ = [
     "NotLatestTurnError",
     "PoolDeadlockError",
     "PoolTimeoutError",
+    "PreparedStatementsLostError",
     "RequestFingerprintMismatchError",
     "RequestInProgressError",
     "ScopeDeniedError",
@@ -235,6 +236,17 @@ class StoreClosedError(StoreUnavailableError):
     ``StoreUnavailableError``, so a host catching that one catches this one too)."""
 
     code = "store_closed"
+    retryable = False
+
+
+class PreparedStatementsLostError(TurnStoreError):
+    """The server does not know the prepared statement the driver used, or already has one
+    of that name (``prepared_statements_lost``): the store's connections go through a
+    transaction-pooling pooler (PgBouncer in transaction mode, RDS Proxy, Supavisor), which
+    hands each transaction to any server session. Not retryable: open the store with
+    ``prepare_threshold=None`` (docs/deploying.md, *Poolers*)."""
+
+    code = "prepared_statements_lost"
     retryable = False
 
 

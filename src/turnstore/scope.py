@@ -36,6 +36,8 @@ from turnstore.errors import InvalidParameterError
 from turnstore.validation import ExactBool, Id, check_instance, check_uuid
 
 __all__ = [
+    "MAX_SCOPE_CONSTRAINTS",
+    "MAX_SCOPE_FILTERS",
     "PROPERTY_COLUMNS",
     "AccessScope",
     "MAX_TOUCH_TARGETS",
@@ -46,6 +48,13 @@ __all__ = [
     "check_scope",
     "check_touch_targets",
 ]
+
+#: The most constraints one scope holds, and filters one constraint holds: on PostgreSQL
+#: each filter is one bound value (an ``IN`` filter one array, however many ids it names),
+#: so a scope stays far below the 65,535 values a statement can carry. Name many turns or
+#: tenants with one ``IN`` filter (``for_resources``, ``for_tenants``) instead.
+MAX_SCOPE_CONSTRAINTS = 1000
+MAX_SCOPE_FILTERS = 16
 
 #: The scope properties turnstore knows, and the ``chat_turns`` column each one reads.
 PROPERTY_COLUMNS: dict[str, str] = {"owner_tenant_id": "tenant_id", "id": "id"}
@@ -119,7 +128,7 @@ class ScopeConstraint(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     filters: Annotated[tuple[ScopeFilter, ...], BeforeValidator(_list_as_tuple)] = Field(
-        min_length=1
+        min_length=1, max_length=MAX_SCOPE_FILTERS
     )
 
     def __init__(self, filters: Iterable[ScopeFilter] | None = None, /, **data: Any) -> None:
@@ -160,7 +169,9 @@ class AccessScope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    constraints: Annotated[tuple[ScopeConstraint, ...], BeforeValidator(_list_as_tuple)] = ()
+    constraints: Annotated[tuple[ScopeConstraint, ...], BeforeValidator(_list_as_tuple)] = Field(
+        default=(), max_length=MAX_SCOPE_CONSTRAINTS
+    )
     unrestricted: ExactBool = False
 
     @field_validator("constraints", mode="before")
@@ -292,3 +303,9 @@ def check_scope(scope: object) -> None:
     check_instance("scope", scope, AccessScope)
     if type(scope.unrestricted) is not bool:  # type: ignore[attr-defined]
         raise InvalidParameterError("scope.unrestricted must be a bool")
+    if len(scope.constraints) > MAX_SCOPE_CONSTRAINTS:  # type: ignore[attr-defined]
+        raise InvalidParameterError(
+            f"a scope has at most {MAX_SCOPE_CONSTRAINTS} constraints "
+            f"(got {len(scope.constraints)}): "  # type: ignore[attr-defined]
+            "name many turns or tenants with one IN filter"
+        )

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from turnstore.validation import ExactBool, Number
 
 __all__ = [
+    "DEFAULT_LOCK_TIMEOUT_SECS",
     "DEFAULT_MAX_SILENCE_FRACTION",
     "DEFAULT_ORPHAN_TIMEOUT_SECS",
     "MAX_ORPHAN_TIMEOUT_SECS",
@@ -26,6 +27,10 @@ __all__ = [
     "OrphanTimeoutSecs",
     "WatchdogSettings",
 ]
+
+#: How long a store waits for a chat or row lock by default, on PostgreSQL and in the fake
+#: (docs/deploying.md, *Timeouts*).
+DEFAULT_LOCK_TIMEOUT_SECS = 10.0
 
 MIN_ORPHAN_TIMEOUT_SECS = 60
 MAX_ORPHAN_TIMEOUT_SECS = 3600

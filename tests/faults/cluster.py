@@ -258,7 +258,10 @@ class PgCluster:
                 f"-c listen_addresses={_HOST}",
                 f"-c unix_socket_directories={self.sockets}",
                 "-c fsync=off",
-                "-c synchronous_commit=off",
+                # A commit must survive a crash of the server (not of the machine): with
+                # fsync off the WAL still reaches the OS at commit, but only when commits
+                # wait for their WAL write.
+                "-c synchronous_commit=on",
                 "-c full_page_writes=off",
                 "-c max_connections=200",
                 "-c shared_buffers=32MB",

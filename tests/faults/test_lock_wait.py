@@ -7,49 +7,31 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-import psycopg_pool
 import pytest
 
 from faults.conftest import FaultDatabase
 from faults.workload import TurnChat
-from turnstore.errors import TurnStoreError
+from turnstore.errors import LockTimeoutError
 from turnstore.lifecycle import TurnLifecycle
 from turnstore.postgres import PostgresStore
 
 pytestmark = pytest.mark.faults
 
-LOCK_TIMEOUT_MS = 1000
+LOCK_TIMEOUT_SECS = 1.0
 BOUND_SECS = 10.0
 
 
 @asynccontextmanager
 async def store_with_lock_timeout(dsn: str) -> AsyncIterator[PostgresStore]:
-    """A store whose sessions give up waiting for a lock after ``LOCK_TIMEOUT_MS``.
-
-    Stands in for the coming ``PostgresStore.open(dsn, lock_timeout_secs=1)``.
-    """
-    pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-        dsn,
-        min_size=2,
-        max_size=4,
-        timeout=30,
-        kwargs={"autocommit": True, "options": f"-c lock_timeout={LOCK_TIMEOUT_MS}"},
-        open=False,
+    """A store whose lock waits give up after ``LOCK_TIMEOUT_SECS``."""
+    store = await PostgresStore.open(
+        dsn, min_size=2, max_size=4, lock_timeout_secs=LOCK_TIMEOUT_SECS
     )
-    await pool.open(wait=True, timeout=30)
-    try:
-        yield PostgresStore(pool)
-    finally:
-        await pool.close(timeout=10)
+    async with store:
+        yield store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lock wait that times out surfaces as a raw psycopg LockNotAvailable, not a "
-    "typed turnstore error (and without a lock timeout it waits forever)",
-)
 @pytest.mark.parametrize("mutation", ["delete", "retry", "edit"])
 async def test_mutation_behind_a_held_chat_lock_fails_typed_within_bound(
     fault_db: FaultDatabase, mutation: str
@@ -74,9 +56,10 @@ async def test_mutation_behind_a_held_chat_lock_fails_typed_within_bound(
             )
             loop = asyncio.get_running_loop()
             began = loop.time()
-            with pytest.raises(TurnStoreError):
+            with pytest.raises(LockTimeoutError) as raised:
                 await asyncio.wait_for(
                     call(chat.scope, chat.tenant_id, chat.chat_id, params.request_id, chat.user_id),
                     timeout=BOUND_SECS,
                 )
             assert loop.time() - began < BOUND_SECS
+            assert raised.value.retryable

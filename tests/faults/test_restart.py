@@ -20,10 +20,6 @@ CALLS = 20
 CALL_SECS = 30.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pool hands out connections the restart killed: each fails one call",
-)
 @pytest.mark.parametrize("outage", ["restart", "crash"])
 async def test_calls_after_the_server_is_back_all_succeed(
     pg_cluster: PgCluster, fault_db: FaultDatabase, outage: str
@@ -47,8 +43,11 @@ async def test_calls_after_the_server_is_back_all_succeed(
             await asyncio.to_thread(pg_cluster.start)
 
         failures: list[str] = []
+        took: list[float] = []
+        loop = asyncio.get_running_loop()
         for _ in range(CALLS):
             chat = TurnChat()
+            began = loop.time()
             try:
                 outcome = await asyncio.wait_for(
                     lifecycle.begin_turn(chat.scope, chat.params()), timeout=CALL_SECS
@@ -56,6 +55,12 @@ async def test_calls_after_the_server_is_back_all_succeed(
                 assert outcome.started, outcome
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}"[:200])
+            took.append(loop.time() - began)
+        # A figure for docs/reliability.md (pytest -s shows it), never asserted.
+        print(
+            f"\n{outage}: {CALLS - len(failures)} of {CALLS} calls succeeded; first call "
+            f"{took[0] * 1000:.0f} ms, slowest {max(took) * 1000:.0f} ms"
+        )
         assert not failures, (
             f"{len(failures)} of {CALLS} calls failed, first: {failures[0]}, last: {failures[-1]}"
         )

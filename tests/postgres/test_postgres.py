@@ -29,6 +29,7 @@ from turnstore import (
     DuplicateTurnIdError,
     GenerationInProgressError,
     InvalidParameterError,
+    PoolDeadlockError,
     RequesterType,
     ScopeConstraint,
     ScopeDeniedError,
@@ -354,13 +355,16 @@ async def test_lost_connection_is_store_unavailable(store: PostgresStore, other:
         assert await store.turns.find_latest_turn(conn, ALLOW, uuid.uuid4(), uuid.uuid4()) is None
 
 
-async def test_exhausted_pool_is_store_unavailable(turnstore_pg_dsn: str) -> None:
+async def test_waiting_for_a_connection_the_task_holds_is_a_pool_deadlock(
+    turnstore_pg_dsn: str,
+) -> None:
     store = await PostgresStore.open(turnstore_pg_dsn, max_size=1, timeout=0.5)
     async with store, store.connection():
-        with pytest.raises(StoreUnavailableError) as info:
+        with pytest.raises(PoolDeadlockError) as info:
             async with store.transaction():
                 pass
     assert isinstance(info.value.__cause__, psycopg_pool.PoolTimeout)
+    assert isinstance(info.value, StoreUnavailableError)  # what a host caught before
 
 
 async def test_closed_store_is_store_closed_and_not_retryable(turnstore_pg_dsn: str) -> None:

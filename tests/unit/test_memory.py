@@ -29,6 +29,7 @@ from turnstore.errors import (
     DuplicateTurnIdError,
     GenerationInProgressError,
     InvalidParameterError,
+    LockTimeoutError,
     StoreUnavailableError,
 )
 from turnstore.memory import InMemoryConnection, InMemoryStore
@@ -420,6 +421,48 @@ async def test_deadlock_fails_the_longest_waiter_and_aborts_its_transaction(
     await second.commit()
     assert (await reload(store, a)).updated_at > a.updated_at
     assert (await reload(store, b)).updated_at > b.updated_at
+
+
+# --- lock timeouts ------------------------------------------------------------------------
+
+
+async def test_a_wait_past_lock_timeout_fails_typed_and_aborts_the_waiter() -> None:
+    async with InMemoryStore(clock=ManualClock(), lock_timeout_secs=0.2) as store:
+        turn = await create(store)
+        holder = await Txn(store).__aenter__()
+        waiter = await Txn(store).__aenter__()
+        assert await store.turns.update_progress_at(holder.runner, ALLOW, turn.id) == 1
+        with pytest.raises(LockTimeoutError) as raised:
+            await bounded(store.turns.update_progress_at(waiter.runner, ALLOW, turn.id))
+        assert raised.value.retryable
+        with pytest.raises(InFailedSqlTransaction):  # as PostgreSQL leaves it
+            await store.turns.find_latest_turn(waiter.runner, ALLOW, turn.tenant_id, turn.chat_id)
+        await waiter.commit()  # rolls back
+        async with store.connection() as runner:  # autocommit: the statement fails alone
+            with pytest.raises(LockTimeoutError):
+                await bounded(store.turns.update_progress_at(runner, ALLOW, turn.id))
+        await holder.commit()
+        async with store.connection() as runner:
+            assert await store.turns.update_progress_at(runner, ALLOW, turn.id) == 1
+
+
+async def test_without_a_lock_timeout_the_fake_waits() -> None:
+    async with InMemoryStore(clock=ManualClock(), lock_timeout_secs=None) as store:
+        turn = await create(store)
+        holder = await Txn(store).__aenter__()
+        assert await store.turns.update_progress_at(holder.runner, ALLOW, turn.id) == 1
+        async with store.connection() as runner:
+            waits = spawn(store.turns.update_progress_at(runner, ALLOW, turn.id))
+            await asyncio.sleep(0.4)
+            assert not waits.done()
+            await holder.commit()
+            assert await bounded(waits) == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, math.nan, True, "1"], ids=repr)
+def test_a_bad_lock_timeout_is_refused(bad: object) -> None:
+    with pytest.raises(InvalidParameterError, match="lock_timeout_secs"):
+        InMemoryStore(lock_timeout_secs=bad)  # type: ignore[arg-type]
 
 
 # --- transactions: reads merge own writes with the committed indexes ---------------------

@@ -24,6 +24,7 @@ from psycopg.errors import DeadlockDetected
 from turnstore import rules
 from turnstore._compat_async import Monitor, Waiter, wait_waiter
 from turnstore.clock import Clock
+from turnstore.errors import LockTimeoutError
 from turnstore.model import CreateTurnParams, Turn, TurnState
 from turnstore.scope import AccessScope
 
@@ -120,8 +121,9 @@ def _remove_key(keys: list[_Key], key: _Key) -> None:
 class Database:
     """The rows, their indexes, the lock tables and the clock of one ``InMemoryStore``."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, lock_timeout_secs: float | None = None) -> None:
         self.clock = clock
+        self.lock_timeout_secs = lock_timeout_secs
         self.rows: dict[UUID, Row] = {}
         # Committed and pending inserts alike, as a unique index holds both.
         self.by_request: dict[tuple[UUID, UUID, UUID], UUID] = {}
@@ -248,7 +250,9 @@ class Database:
         A wait that closes a cycle is a deadlock. PostgreSQL breaks it by failing the
         waiter whose ``deadlock_timeout`` fires first, which is the one that has waited
         longest when the cycle closes within that timeout; so does this, at once, with
-        the same ``DeadlockDetected`` error, leaving that transaction aborted.
+        the same ``DeadlockDetected`` error, leaving that transaction aborted. A wait longer
+        than ``lock_timeout_secs`` fails with ``LockTimeoutError`` and aborts the waiter's
+        transaction, as the PostgreSQL store's ``lock_timeout_secs`` does.
         """
         future = self.monitor.waiter()
         self.wait_seq += 1
@@ -268,9 +272,18 @@ class Database:
                 DeadlockDetected("deadlock detected (turnstore in-memory store)")
             )
         try:
-            await wait_waiter(future)
+            in_time = await wait_waiter(future, self.lock_timeout_secs)
         finally:
             txn.waiting_on, txn.wait_future = None, None
+        if not in_time:
+            # As PostgreSQL's lock_timeout: the statement fails, its transaction is aborted.
+            if future in holder.waiters:
+                holder.waiters.remove(future)
+            txn.aborted = True
+            raise LockTimeoutError(
+                "gave up waiting for a lock after lock_timeout_secs "
+                f"({self.lock_timeout_secs} s; turnstore in-memory store)"
+            )
 
     async def lock_chat(self, txn: Transaction, chat: ChatKey) -> None:
         while (holder := self.chat_locks.get(chat)) is not None and holder is not txn:

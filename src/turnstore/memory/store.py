@@ -17,7 +17,9 @@ from turnstore.memory.connection import InMemoryConnection
 from turnstore.memory.database import Database, Transaction
 from turnstore.memory.repository import InMemoryTurnRepository
 from turnstore.model import TurnState
+from turnstore.settings import DEFAULT_LOCK_TIMEOUT_SECS
 from turnstore.signals import Waiters
+from turnstore.validation import MAX_TIMEOUT_SECS, check_seconds
 
 __all__ = ["InMemoryStore", "InProcessFinalizeSignals"]
 
@@ -84,11 +86,21 @@ class InMemoryStore:
 
     ``clock`` is where database time comes from: ``turnstore.testing.ManualClock`` in
     tests that move time, the strictly increasing wall clock (``SystemClock``) by default.
+    ``lock_timeout_secs`` bounds a wait for a chat or row lock held by another open
+    transaction, as ``PostgresStore``'s does (10 s by default; ``None``: for ever): past
+    it, ``LockTimeoutError`` and the waiting transaction is aborted.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        *,
+        lock_timeout_secs: float | None = DEFAULT_LOCK_TIMEOUT_SECS,
+    ) -> None:
+        if lock_timeout_secs is not None:
+            check_seconds("lock_timeout_secs", lock_timeout_secs, MAX_TIMEOUT_SECS)
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._database = Database(self._clock)
+        self._database = Database(self._clock, lock_timeout_secs)
         self._turns = InMemoryTurnRepository()
         self._closed = False
         self._signals: InProcessFinalizeSignals | None = None

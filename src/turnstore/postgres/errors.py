@@ -25,6 +25,7 @@ from turnstore.errors import (
     GenerationInProgressError,
     LockTimeoutError,
     PoolTimeoutError,
+    PreparedStatementsLostError,
     StatementTimeoutError,
     StoreClosedError,
     StoreUnavailableError,
@@ -43,6 +44,11 @@ __all__ = [
 # admin_shutdown, crash_shutdown, cannot_connect_now (starting up), too_many_connections.
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 _LOCK_NOT_AVAILABLE = "55P03"
+# psycopg names its prepared statements _pg3_<n>; the server answering that it does not
+# know one (26000), already has one (42P05), or that one takes other parameters (08P01) is a
+# transaction pooler handing the connection's transactions to other server sessions.
+_PREPARED_NAME = 'prepared statement "_pg3_'
+_PREPARED_SQLSTATES = frozenset({"26000", "42P05", "08P01"})
 _QUERY_CANCELED = "57014"
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
@@ -72,6 +78,16 @@ def translate(exc: BaseException) -> TurnStoreError | None:
         return PoolTimeoutError(f"no pooled connection became free in time: {exc}")
     if isinstance(exc, psycopg_pool.PoolClosed):
         return StoreClosedError(f"the store is closed: {exc}")
+    if (
+        isinstance(exc, psycopg.Error)
+        and exc.sqlstate in _PREPARED_SQLSTATES
+        and _PREPARED_NAME in str(exc)
+    ):
+        return PreparedStatementsLostError(
+            "the server lost this connection's prepared statements, as a transaction-pooling "
+            "pooler does: open the store with prepare_threshold=None "
+            f"(docs/deploying.md, Poolers): {exc}"
+        )
     if isinstance(exc, psycopg.OperationalError) and not isinstance(
         exc, psycopg.errors.PipelineAborted
     ):

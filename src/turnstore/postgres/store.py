@@ -40,6 +40,7 @@ from turnstore.postgres.statements import (
     finalize_channel,
     render,
 )
+from turnstore.settings import DEFAULT_LOCK_TIMEOUT_SECS
 from turnstore.validation import (
     check_bool,
     check_instance,
@@ -58,9 +59,6 @@ __all__ = [
     "check_dsn",
     "check_prepare_threshold",
 ]
-
-#: The default bound on a wait for a chat or row lock (docs/deploying.md, *Timeouts*).
-DEFAULT_LOCK_TIMEOUT_SECS = 10.0
 
 #: The longest ``timeout`` ``PostgresStore.open`` accepts: a day.
 MAX_OPEN_TIMEOUT_SECS = 86_400.0

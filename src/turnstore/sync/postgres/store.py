@@ -24,6 +24,7 @@ from turnstore.errors import InvalidParameterError
 from turnstore.postgres.errors import driver_errors
 from turnstore.postgres.notify import DEFAULT_CANCEL_POLL_SECS, PostgresFinalizeSignals
 from turnstore.postgres.statements import DEFAULT_SCHEMA, STILL_RUNNING, render
+from turnstore.settings import DEFAULT_LOCK_TIMEOUT_SECS
 from turnstore.sync.election import LeaderElection
 from turnstore.sync.postgres.checkout import AutocommitConnection, checkout, give_back, holding
 from turnstore.sync.postgres.election import (
@@ -52,7 +53,6 @@ __all__ = [
     "check_dsn",
     "check_prepare_threshold",
 ]
-DEFAULT_LOCK_TIMEOUT_SECS = 10.0
 MAX_OPEN_TIMEOUT_SECS = 86400.0
 _MAX_DSN_CHARS = 8192
 Connection = psycopg.Connection[Any]

@@ -8,9 +8,15 @@ from uuid import uuid4
 
 import pytest
 
-from turnstore.errors import ScopeDeniedError, TurnNotFoundError
+from turnstore.errors import InvalidParameterError, ScopeDeniedError, TurnNotFoundError
 from turnstore.model import ToolCallType, Turn, TurnState
-from turnstore.scope import AccessScope, ScopeConstraint, ScopeFilter
+from turnstore.scope import (
+    MAX_SCOPE_CONSTRAINTS,
+    MAX_SCOPE_FILTERS,
+    AccessScope,
+    ScopeConstraint,
+    ScopeFilter,
+)
 from turnstore.testing.backends import BackendHarness
 from turnstore.testing.conformance._support import (
     STALE_SECS,
@@ -212,6 +218,42 @@ class TestScopeIsolation:
             params = complete_params(turn)
             scope = AccessScope.for_tenant(turn.tenant_id)
             assert await db.repo.cas_update_completed(runner, scope, params) == 1
+
+    async def test_the_largest_scope_works_and_a_larger_one_is_refused(
+        self, turnstore_backend: BackendHarness
+    ) -> None:
+        """A scope at both limits (on PostgreSQL: 16,000 bound values, past which a driver
+        could not carry the statement) reads and writes; one past them is refused before
+        anything runs: ``ValidationError`` when built, ``InvalidParameterError`` when an
+        unvalidated one (``model_construct``) reaches a call."""
+        db = Backend(turnstore_backend)
+        turn = await db.create()
+        decoy = ScopeFilter.eq("id", turn.id)
+        wide = [
+            _constraint(*[ScopeFilter.eq("owner_tenant_id", uuid4())] * MAX_SCOPE_FILTERS)
+            for _ in range(MAX_SCOPE_CONSTRAINTS - 1)
+        ]
+        largest = _scope(*wide, _constraint(*[decoy] * MAX_SCOPE_FILTERS))
+        async with db.store.connection() as runner:
+            assert (
+                await db.repo.find_latest_turn(runner, largest, turn.tenant_id, turn.chat_id)
+                == turn
+            )
+            assert await db.repo.update_progress_at(runner, largest, turn.id) == 1
+        touched = await db.reload(turn)
+        with pytest.raises(ValueError, match="at most"):
+            _scope(*wide, _constraint(decoy), _constraint(decoy))
+        with pytest.raises(ValueError, match="at most"):
+            _constraint(*[decoy] * (MAX_SCOPE_FILTERS + 1))
+        oversized = AccessScope.model_construct(
+            constraints=tuple([_constraint(decoy)] * 70_000), unrestricted=False
+        )
+        async with db.store.connection() as runner:
+            with pytest.raises(InvalidParameterError, match="at most"):
+                await db.repo.find_latest_turn(runner, oversized, turn.tenant_id, turn.chat_id)
+            with pytest.raises(InvalidParameterError, match="at most"):
+                await db.repo.update_progress_at(runner, oversized, turn.id)
+        unchanged(touched)(await db.reload(turn))
 
     async def test_orphan_methods_are_unscoped(self, turnstore_backend: BackendHarness) -> None:
         db = Backend(turnstore_backend)

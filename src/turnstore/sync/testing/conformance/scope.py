@@ -9,9 +9,15 @@ from uuid import uuid4
 
 import pytest
 
-from turnstore.errors import ScopeDeniedError, TurnNotFoundError
+from turnstore.errors import InvalidParameterError, ScopeDeniedError, TurnNotFoundError
 from turnstore.model import ToolCallType, Turn, TurnState
-from turnstore.scope import AccessScope, ScopeConstraint, ScopeFilter
+from turnstore.scope import (
+    MAX_SCOPE_CONSTRAINTS,
+    MAX_SCOPE_FILTERS,
+    AccessScope,
+    ScopeConstraint,
+    ScopeFilter,
+)
 from turnstore.sync.testing.backends import BackendHarness
 from turnstore.sync.testing.conformance._support import (
     STALE_SECS,
@@ -195,6 +201,39 @@ class TestScopeIsolation:
             params = complete_params(turn)
             scope = AccessScope.for_tenant(turn.tenant_id)
             assert db.repo.cas_update_completed(runner, scope, params) == 1
+
+    def test_the_largest_scope_works_and_a_larger_one_is_refused(
+        self, turnstore_sync_backend: BackendHarness
+    ) -> None:
+        """A scope at both limits (on PostgreSQL: 16,000 bound values, past which a driver
+        could not carry the statement) reads and writes; one past them is refused before
+        anything runs: ``ValidationError`` when built, ``InvalidParameterError`` when an
+        unvalidated one (``model_construct``) reaches a call."""
+        db = Backend(turnstore_sync_backend)
+        turn = db.create()
+        decoy = ScopeFilter.eq("id", turn.id)
+        wide = [
+            _constraint(*[ScopeFilter.eq("owner_tenant_id", uuid4())] * MAX_SCOPE_FILTERS)
+            for _ in range(MAX_SCOPE_CONSTRAINTS - 1)
+        ]
+        largest = _scope(*wide, _constraint(*[decoy] * MAX_SCOPE_FILTERS))
+        with db.store.connection() as runner:
+            assert db.repo.find_latest_turn(runner, largest, turn.tenant_id, turn.chat_id) == turn
+            assert db.repo.update_progress_at(runner, largest, turn.id) == 1
+        touched = db.reload(turn)
+        with pytest.raises(ValueError, match="at most"):
+            _scope(*wide, _constraint(decoy), _constraint(decoy))
+        with pytest.raises(ValueError, match="at most"):
+            _constraint(*[decoy] * (MAX_SCOPE_FILTERS + 1))
+        oversized = AccessScope.model_construct(
+            constraints=tuple([_constraint(decoy)] * 70000), unrestricted=False
+        )
+        with db.store.connection() as runner:
+            with pytest.raises(InvalidParameterError, match="at most"):
+                db.repo.find_latest_turn(runner, oversized, turn.tenant_id, turn.chat_id)
+            with pytest.raises(InvalidParameterError, match="at most"):
+                db.repo.update_progress_at(runner, oversized, turn.id)
+        unchanged(touched)(db.reload(turn))
 
     def test_orphan_methods_are_unscoped(self, turnstore_sync_backend: BackendHarness) -> None:
         db = Backend(turnstore_sync_backend)
