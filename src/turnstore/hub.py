@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from turnstore._compat_async import Event, Task, cancel_until_done, sleep, spawn, wait_event
+from turnstore.errors import StoreClosedError
 from turnstore.repository import TurnStore
 from turnstore.scope import MAX_TOUCH_TARGETS, AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
@@ -289,7 +290,7 @@ class KeepAliveHub:
         check_instance("settings", settings, KeepAliveSettings)
         check_callable("on_written", on_written)
         if self.closed:
-            raise RuntimeError("the keep-alive hub is closed (its store was closed)")
+            raise StoreClosedError("the keep-alive hub is closed (its store was closed)")
         interval = settings.interval_secs
         ticker = self._tickers.get(interval)
         if ticker is None:

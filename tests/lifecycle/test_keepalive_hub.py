@@ -13,6 +13,7 @@ from uuid import uuid4
 import pytest
 
 from lifecycle_support import Chat, StoreTap
+from turnstore.errors import StoreClosedError
 from turnstore.hub import KeepAliveHub, KeepAliveHubSource
 from turnstore.lifecycle import KeepAliveSettings, TurnLifecycle
 from turnstore.model import Turn, TurnState
@@ -254,7 +255,7 @@ async def test_the_hub_task_runs_while_streams_do_and_ends_with_the_store(
         assert store.hub.tasks == 1
         await store.hub.close()
         assert store.hub.tasks == 0
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreClosedError):
         store.hub.register(chat.scope, turn.id, settings, lambda _running: None)
 
 
