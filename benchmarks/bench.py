@@ -464,7 +464,10 @@ async def typical_turn(lifecycle: TurnLifecycle[Any], v: Values, user: UUID) -> 
     if not outcome.started or turn is None:
         raise RuntimeError(f"a typical turn did not start: {outcome}")
     keep_alive = lifecycle.keep_alive(
-        scope, turn.id, settings=KeepAliveSettings(heartbeat=False), clock=_stepping_clock()
+        scope,
+        turn.id,
+        settings=KeepAliveSettings(heartbeat=False, batched=False),
+        clock=_stepping_clock(),
     )
     async with keep_alive:
         for _ in range(KEEP_ALIVES):

@@ -65,7 +65,7 @@ async def run(dsn: str, calls: int) -> None:
         keep_alive = TurnLifecycle(store).keep_alive(
             scope,
             turn_id,
-            settings=KeepAliveSettings(heartbeat=False),
+            settings=KeepAliveSettings(heartbeat=False, batched=False),
             clock=lambda: float(next(clock)),
         )
         conn = await pool.getconn()

@@ -49,6 +49,8 @@ async def exercise(store: TurnStore[RunnerT], tenant: UUID, user: UUID) -> None:
         assert_type(running, Turn | None)
         touched = await repo.update_progress_at(runner, scope, turn.id)
         assert_type(touched, int)
+        touched_many = await repo.touch_turns(runner, [(scope, turn.id)])
+        assert_type(touched_many, list[bool])
         preflight = UpdatePreflightParams(
             turn_id=turn.id,
             reserve_tokens=10,

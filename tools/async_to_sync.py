@@ -171,6 +171,7 @@ MODULES: tuple[Module, ...] = (
     Module("testing/conformance/scope.py", tests=True),
     Module("testing/conformance/tenants.py", tests=True),
     Module("testing/conformance/timestamps.py", tests=True),
+    Module("testing/conformance/touches.py", tests=True),
     Module("testing/conformance/transactions.py", tests=True),
     Module("testing/conformance/writes.py", tests=True),
 )

@@ -200,7 +200,8 @@ class _Scenario:
         )
         self.say("tenant A: alice asks in chat A-1 (request req-1): turn-1 starts, running")
 
-        settings = KeepAliveSettings(interval_secs=30, heartbeat=False)
+        # One stream at a time: written per turn, at once (docs/design.md, *Keep-alive hub*).
+        settings = KeepAliveSettings(interval_secs=30, heartbeat=False, batched=False)
         async with lc.keep_alive(a, self.turn1.id, settings=settings) as keep_alive:
             for _chunk in range(5):
                 await keep_alive.touch()

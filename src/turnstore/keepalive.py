@@ -24,6 +24,7 @@ from typing import Generic
 from uuid import UUID
 
 from turnstore._compat_async import Task, cancel_until_done, sleep, spawn
+from turnstore.hub import HubStream, KeepAliveHubSource
 from turnstore.repository import RunnerT, TurnStore
 from turnstore.scope import AccessScope, check_scope
 from turnstore.settings import KeepAliveSettings
@@ -92,6 +93,7 @@ class KeepAlive(Generic[RunnerT]):
         self._finalized = asyncio.Event()
         self._signals: FinalizeSignals | None = None
         self._watched = False
+        self._stream: HubStream | None = None  # async-only
 
     @property
     def turn_id(self) -> UUID:
@@ -144,8 +146,14 @@ class KeepAlive(Generic[RunnerT]):
 
     @property
     def writes(self) -> int:
-        """How many ``update_progress_at`` calls this keep-alive has made."""
+        """How many keep-alive writes of this turn were made: its ``update_progress_at``
+        calls, or the hub statements that included it."""
         return self._writes
+
+    @property
+    def batched(self) -> bool:
+        """Whether the store's keep-alive hub writes for this stream (inside the block)."""
+        return self._stream is not None  # sync: return False
 
     @property
     def silent(self) -> bool:
@@ -155,6 +163,11 @@ class KeepAlive(Generic[RunnerT]):
     async def __aenter__(self) -> KeepAlive[RunnerT]:
         self._stopping = False
         self._last_touch = self._clock()
+        if self._settings.batched and isinstance(self._store, KeepAliveHubSource):  # async-only
+            self._stream = self._store.keepalive_hub().register(
+                self._scope, self._turn_id, self._settings, self._hub_wrote
+            )
+            return self
         if self._settings.heartbeat:
             self._task = spawn(self._heartbeat, name=f"turnstore-keep-alive-{self._turn_id}")
         return self
@@ -178,6 +191,9 @@ class KeepAlive(Generic[RunnerT]):
         """
         self._stopping = True
         self._unwatch()
+        if self._stream is not None:  # async-only
+            stream, self._stream = self._stream, None
+            await stream.leave()
         task, self._task = self._task, None
         if task is None:
             return
@@ -197,13 +213,26 @@ class KeepAlive(Generic[RunnerT]):
 
         Returns whether the turn is still running as far as the last write knows; a
         ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
-        user, or failed by the watchdog). A write error propagates to the caller.
+        user, or failed by the watchdog). A write error propagates to the caller. Batched
+        (the store's hub writes), a touch only records progress, written at the hub's next
+        tick, and never raises.
         """
         now = self._clock()
         self._last_touch = now
+        if self._stream is not None:  # async-only
+            self._stream.touch()
+            return self.running
         if self.running and self._due(now):
             await self._write()
         return self.running
+
+    def _hub_wrote(self, running: bool) -> None:  # async-only
+        """The hub wrote this stream: count it, and stop when the turn no longer runs."""
+        self._writes += 1
+        self._telemetry.keep_alive_write(running)
+        if not running:
+            self._running = False
+            self._finalized.set()
 
     def _due(self, now: float) -> bool:
         last = self._last_write

@@ -9,6 +9,7 @@ on either backend unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, TypeVar
 from uuid import UUID
@@ -121,6 +122,20 @@ class TurnRepository(Protocol[RunnerT_contra]):
         self, runner: RunnerT_contra, scope: AccessScope, turn_id: UUID
     ) -> int:
         """Touch ``last_progress_at`` while the turn runs; 0 once it is terminal."""
+        ...
+
+    async def touch_turns(
+        self, runner: RunnerT_contra, targets: Sequence[tuple[AccessScope, UUID]]
+    ) -> list[bool]:
+        """``update_progress_at`` for many turns, each under its own scope, in one statement.
+
+        ``targets`` is a list or tuple of at most ``MAX_TOUCH_TARGETS`` ``(scope, turn_id)``
+        pairs. Every running turn that at least one of its targets' scopes permits gets one
+        ``last_progress_at`` (one clock reading for all); the result says, per target in
+        order, whether that target's turn was touched and its scope permits it: ``False``
+        for a turn that is terminal, missing or outside that target's scope. Only
+        ``last_progress_at`` and ``updated_at`` change (docs/design.md, *Keep-alive hub*).
+        """
         ...
 
     async def find_orphan_candidates(

@@ -33,18 +33,20 @@ from pydantic import (
 )
 
 from turnstore.errors import InvalidParameterError
-from turnstore.validation import ExactBool, Id, check_instance
+from turnstore.validation import ExactBool, Id, check_instance, check_uuid
 
 __all__ = [
     "MAX_SCOPE_CONSTRAINTS",
     "MAX_SCOPE_FILTERS",
     "PROPERTY_COLUMNS",
     "AccessScope",
+    "MAX_TOUCH_TARGETS",
     "FilterOp",
     "ScopeConstraint",
     "ScopeFilter",
     "ScopedRow",
     "check_scope",
+    "check_touch_targets",
 ]
 
 #: The most constraints one scope holds, and filters one constraint holds: on PostgreSQL
@@ -234,6 +236,37 @@ class AccessScope(BaseModel):
                 return True
         return False
 
+    def tenants_for_turn(self, turn_id: UUID) -> frozenset[UUID] | None:
+        """The tenants whose turn ``turn_id`` this scope permits: ``None`` for any tenant,
+        an empty set for none (docs/design.md, *Keep-alive hub*).
+
+        A turn's id is known before its row is read, so every ``id`` filter is decided here;
+        what is left of each constraint is a set of tenants. For any turn ``t``,
+        ``permits(t)`` equals ``r is None or t.tenant_id in r`` with
+        ``r = tenants_for_turn(t.id)``: that is how one statement checks every turn of a
+        batch against its own stream's scope, with per-turn bound values only.
+        """
+        if self.unrestricted:
+            return None
+        tenants: set[UUID] = set()
+        for constraint in self.constraints:
+            allowed: frozenset[UUID] | None = None
+            for f in constraint.filters:
+                column = f.column
+                if column == "id":
+                    if turn_id not in f.values:
+                        break
+                elif column == "tenant_id":
+                    values = frozenset(f.values)
+                    allowed = values if allowed is None else allowed & values
+                else:
+                    break  # an unknown property matches nothing (fails closed)
+            else:
+                if allowed is None:
+                    return None
+                tenants |= allowed
+        return frozenset(tenants)
+
     def permits(self, turn: ScopedRow) -> bool:
         """The reference semantics of the scope: may the caller see or change ``turn``?"""
         if self.unrestricted:
@@ -242,6 +275,26 @@ class AccessScope(BaseModel):
             if constraint.matches(turn):
                 return True
         return False
+
+
+#: The most ``(scope, turn_id)`` targets one ``touch_turns`` call takes.
+MAX_TOUCH_TARGETS = 10_000
+
+
+def check_touch_targets(targets: object) -> None:
+    """Refuse ``touch_turns`` targets that are not a list or tuple of at most
+    ``MAX_TOUCH_TARGETS`` ``(AccessScope, UUID)`` pairs: ``InvalidParameterError``."""
+    if not isinstance(targets, (list, tuple)):
+        raise InvalidParameterError("targets must be a list or tuple of (scope, turn_id) pairs")
+    if len(targets) > MAX_TOUCH_TARGETS:
+        raise InvalidParameterError(
+            f"targets: at most {MAX_TOUCH_TARGETS} per call, got {len(targets)}"
+        )
+    for target in targets:
+        if not isinstance(target, tuple) or len(target) != 2:
+            raise InvalidParameterError("each target must be a (scope, turn_id) tuple")
+        check_scope(target[0])
+        check_uuid("turn_id", target[1])
 
 
 def check_scope(scope: object) -> None:

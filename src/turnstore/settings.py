@@ -77,6 +77,14 @@ class KeepAliveSettings(BaseModel):
     it must lie between the interval and the timeout.
     Without the heartbeat, only ``touch()`` writes, and a stream that stops producing
     chunks becomes an orphan.
+
+    With ``batched`` (the default), an asyncio keep-alive whose store offers a keep-alive
+    hub (``store.keepalive_hub()``: both built-in asyncio stores) hands its writes to the
+    hub, which writes the due streams of the whole process in one statement per tick; a
+    touch is then written at the next tick, up to one interval later.
+    ``batched=False`` writes per turn, at once when due: better for a process that
+    streams one turn at a time (docs/design.md, *Keep-alive hub*). The sync API always
+    writes per turn.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
@@ -85,6 +93,7 @@ class KeepAliveSettings(BaseModel):
     orphan_timeout_secs: OrphanTimeoutSecs = DEFAULT_ORPHAN_TIMEOUT_SECS
     heartbeat: ExactBool = True
     max_silence_secs: Number | None = Field(default=None, gt=0)
+    batched: ExactBool = True
 
     @property
     def silence_limit_secs(self) -> float:
@@ -101,6 +110,7 @@ class KeepAliveSettings(BaseModel):
         interval_secs: float | None = None,
         heartbeat: bool = True,
         max_silence_secs: float | None = None,
+        batched: bool = True,
     ) -> KeepAliveSettings:
         """Settings checked against the timeout the watchdog really uses, so the two cannot
         drift apart; the interval defaults to a tenth of that timeout, the longest silence
@@ -111,6 +121,7 @@ class KeepAliveSettings(BaseModel):
             orphan_timeout_secs=timeout,
             heartbeat=heartbeat,
             max_silence_secs=max_silence_secs,
+            batched=batched,
         )
 
     @model_validator(mode="after")

@@ -43,7 +43,11 @@ async def _cancel_leftover_heartbeats() -> int:
     return len(leftovers)
 
 
-async def test_forty_keep_alives_on_a_pool_of_two_all_exit(fault_db: FaultDatabase) -> None:
+@pytest.mark.parametrize("batched", [True, False], ids=["hub", "per-turn"])
+async def test_forty_keep_alives_on_a_pool_of_two_all_exit(
+    fault_db: FaultDatabase, batched: bool
+) -> None:
+    settings = SETTINGS.model_copy(update={"batched": batched})
     store = await PostgresStore.open(fault_db.dsn, min_size=POOL_SIZE, max_size=POOL_SIZE)
     async with store:
         lifecycle = TurnLifecycle(store)
@@ -54,7 +58,7 @@ async def test_forty_keep_alives_on_a_pool_of_two_all_exit(fault_db: FaultDataba
         async def stream(chat: TurnChat) -> None:
             outcome = await lifecycle.begin_turn(chat.scope, chat.params())
             assert outcome.turn is not None
-            async with lifecycle.keep_alive(chat.scope, outcome.turn.id, settings=SETTINGS):
+            async with lifecycle.keep_alive(chat.scope, outcome.turn.id, settings=settings):
                 await asyncio.sleep(rng.uniform(0.0, 0.2))
                 leaving = time.monotonic()
             exits.append(time.monotonic() - leaving)

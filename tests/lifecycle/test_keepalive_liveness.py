@@ -23,7 +23,7 @@ from turnstore.settings import WatchdogSettings
 from turnstore.testing.backends import BackendHarness
 from turnstore.watchdog import OrphanWatchdog
 
-HEARTBEAT = KeepAliveSettings(interval_secs=0.01)
+HEARTBEAT = KeepAliveSettings(interval_secs=0.01, batched=False)
 
 
 class StubbornStore(StoreTap):
@@ -196,7 +196,9 @@ async def test_a_heartbeat_that_outlives_stop_writes_nothing_more(
 # --------------------------------------------------------------------------- silence
 
 
-SILENT_AFTER_1S = KeepAliveSettings(interval_secs=0.01, orphan_timeout_secs=60, max_silence_secs=1)
+SILENT_AFTER_1S = KeepAliveSettings(
+    interval_secs=0.01, orphan_timeout_secs=60, max_silence_secs=1, batched=False
+)
 
 
 async def go_silent(

@@ -357,7 +357,7 @@ class FakeClock:
 
 
 #: Keep-alive written only by ``touch()``, every 10 s of a ``FakeClock``.
-TOUCH_ONLY = KeepAliveSettings(interval_secs=10, heartbeat=False)
+TOUCH_ONLY = KeepAliveSettings(interval_secs=10, heartbeat=False, batched=False)
 
 
 def test_keep_alive_settings_follow_the_watchdogs_timeout() -> None:
@@ -458,7 +458,7 @@ async def test_keep_alive_heartbeat_writes_without_chunks_and_stops_on_exit(
             tap.after["update_progress_at"] = count
 
     tap.after["update_progress_at"] = count
-    settings = KeepAliveSettings(interval_secs=0.01)
+    settings = KeepAliveSettings(interval_secs=0.01, batched=False)
     async with lc.keep_alive(chat.scope, turn.id, settings=settings):
         assert len(keep_alive_tasks()) == 1
         await asyncio.wait_for(second_write.wait(), timeout=30)
@@ -472,7 +472,7 @@ async def test_keep_alive_heartbeat_does_not_write_before_the_interval(
     still, so after the first write every wake-up must find nothing due."""
     lc, tap, chat, turn = await tapped_turn(turnstore_backend)
     clock = FakeClock()
-    settings = KeepAliveSettings(interval_secs=0.001)
+    settings = KeepAliveSettings(interval_secs=0.001, batched=False)
     async with lc.keep_alive(chat.scope, turn.id, settings=settings, clock=clock) as ka:
         await asyncio.wait_for(clock.read_often.wait(), timeout=30)
         assert ka.writes == 1

@@ -91,6 +91,9 @@ def test_keep_alive_heartbeat_thread_writes_and_stops(
     settings = KeepAliveSettings(interval_secs=0.05)
     threads_before = threading.active_count()
     with lifecycle.keep_alive(ALLOW, outcome.turn.id, settings=settings) as keep_alive:
+        # settings.batched is on, but the sync API always writes per turn.
+        assert settings.batched
+        assert not keep_alive.batched
         deadline = time.monotonic() + 10
         while keep_alive.writes < 3 and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -248,6 +248,7 @@ _bad_arguments = st.one_of(
     _call("find_by_chat_and_request_id", _scopes, _chat_tenants, _chats, st.just(str(REQUESTS[0]))),
     _call("increment_tool_calls", _scopes, _turn_ids, st.just("bogus")),
     _call("purge_turns", st.sampled_from([-1, True]), _limits),
+    _call("touch_turns", st.sampled_from([[("allow_all", UUID(int=1))], "targets"])),
     _call("erase_tenant_turns", _tenants, st.sampled_from([0, 100_001])),
     st.builds(
         Call,
@@ -284,6 +285,7 @@ _calls = _weighted(
     (1, _call("set_assistant_message_id", _scopes, _turn_ids, _message_ids)),
     (2, _call("soft_delete", _scopes, _running_or_any, st.none() | _requests)),
     (2, _call("update_progress_at", _scopes, _turn_ids)),
+    (2, _call("touch_turns", st.lists(st.tuples(_scopes, _turn_ids), max_size=4))),
     (2, _call("cas_finalize_orphan", _turn_ids, _timeouts)),
     (2, _call("find_latest_for_update", _scopes, _chat_tenants, _chats)),
     (1, _call("update_preflight_fields", _scopes, update_preflight_params(turn_ids=_turn_ids))),
@@ -435,6 +437,9 @@ class DifferentialMachine(RuleBasedStateMachine):
             )
             assert (fake.next_cursor is None) == (pg.next_cursor is None), message
             self._compare_values(fake.turns, pg.turns, where)
+        elif isinstance(fake, list) and all(isinstance(x, bool) for x in (*fake, *pg)):
+            # touch_turns: one answer per target.
+            assert fake == pg, f"{where}: fake touched {fake}, PostgreSQL {pg}"
         elif isinstance(fake, list) and isinstance(pg, list):
             assert [t.id for t in fake] == [t.id for t in pg], (
                 f"{where}: lists differ: fake {[t.id for t in fake]} vs "

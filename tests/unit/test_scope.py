@@ -353,3 +353,23 @@ def test_permits_tenant_is_a_pure_check_of_tenant_only_constraints() -> None:
     assert either.permits_tenant(tenant)
     unknown = AccessScope.from_constraints([ScopeConstraint([ScopeFilter.eq("owner", tenant)])])
     assert not unknown.permits_tenant(tenant)
+
+
+@given(scope=pooled_scopes)
+def test_tenants_for_turn_is_permits_with_the_id_decided(scope: AccessScope) -> None:
+    """docs/design.md, *Keep-alive hub*: what ``touch_turns`` binds per target (a set of
+    tenants, or any) permits exactly the rows ``permits`` does, on every row of the universe."""
+    for turn_id in TURN_IDS:
+        tenants = scope.tenants_for_turn(turn_id)
+        for tenant_id in TENANTS:
+            row = _row(tenant_id, turn_id)
+            assert scope.permits(row) == (tenants is None or tenant_id in tenants)
+
+
+def test_tenants_for_turn_of_the_named_shapes() -> None:
+    tenant, turn_id = TENANTS[0], TURN_IDS[0]
+    assert AccessScope.allow_all().tenants_for_turn(turn_id) is None
+    assert AccessScope.deny_all().tenants_for_turn(turn_id) == frozenset()
+    assert AccessScope.for_tenant(tenant).tenants_for_turn(turn_id) == frozenset({tenant})
+    assert AccessScope.for_resource(turn_id).tenants_for_turn(turn_id) is None
+    assert AccessScope.for_resource(turn_id).tenants_for_turn(TURN_IDS[1]) == frozenset()

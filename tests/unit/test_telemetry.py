@@ -80,7 +80,7 @@ async def test_a_scenario_produces_its_metrics_and_spans(recorded: Recorded) -> 
     assert first.turn is not None
     busy = await lifecycle.begin_turn(chat.scope, chat.params())
     assert busy.kind is StartKind.REJECTED
-    settings = KeepAliveSettings(interval_secs=1, heartbeat=False)
+    settings = KeepAliveSettings(interval_secs=1, heartbeat=False, batched=False)
     async with lifecycle.keep_alive(chat.scope, first.turn.id, settings=settings) as ka:
         assert await ka.touch()
     done = await lifecycle.complete_turn(chat.scope, first.turn, uuid.uuid4())

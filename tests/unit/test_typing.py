@@ -120,7 +120,7 @@ def test_repository_and_store_are_protocols_generic_in_the_runner() -> None:
     # A repository only consumes runners, so it is contravariant in them.
     (base,) = get_original_bases(TurnRepository)
     assert get_args(base)[0].__contravariant__
-    assert len(get_protocol_members(TurnRepository)) == 20
+    assert len(get_protocol_members(TurnRepository)) == 21
 
 
 def test_backends_take_the_protocol_parameters_by_the_same_names() -> None:

@@ -8,7 +8,7 @@ callers get copies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
@@ -38,7 +38,7 @@ from turnstore.model import (
     validate_retention_args,
 )
 from turnstore.paging import DEFAULT_PAGE_LIMIT, TurnPage, check_page_limit, decode_cursor, page_of
-from turnstore.scope import AccessScope
+from turnstore.scope import AccessScope, check_touch_targets
 from turnstore.validation import check_optional_uuid
 
 __all__ = ["InMemoryTurnRepository"]
@@ -301,6 +301,42 @@ class InMemoryTurnRepository:
             _ignoring_time(rules.progress_update_applies),
             lambda _turn, now: {"last_progress_at": now, "updated_at": now},
         )
+
+    async def touch_turns(
+        self, runner: InMemoryConnection, targets: Sequence[tuple[AccessScope, UUID]]
+    ) -> list[bool]:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.touch_turns][].
+
+        One statement: one clock reading, the rows locked in the order of their first
+        target (waiting, as PostgreSQL's UPDATE does, for a row another transaction holds),
+        each row checked against the scopes of its own targets with ``AccessScope.permits``.
+        """
+        check_touch_targets(targets)
+        touched = [False] * len(targets)
+        if not targets:
+            return touched
+        positions: dict[UUID, list[int]] = {}
+        for position, (_scope, turn_id) in enumerate(targets):
+            positions.setdefault(turn_id, []).append(position)
+        async with statement(runner) as (db, txn):
+            now = db.clock.now()
+            for turn_id, mine in positions.items():
+                scopes = [targets[p][0] for p in mine]
+
+                def applies(turn: Turn, scopes: list[AccessScope] = scopes) -> bool:
+                    return rules.progress_update_applies(turn) and any(
+                        s.permits(turn) for s in scopes
+                    )
+
+                turn = await db.lock_row(txn, turn_id, None, applies)
+                if turn is None:
+                    continue
+                new = _evolve(turn, {"last_progress_at": now, "updated_at": now})
+                db.write(txn, new)
+                for p in mine:
+                    touched[p] = targets[p][0].permits(new)
+        return touched
 
     async def find_orphan_candidates(
         self, runner: InMemoryConnection, timeout_secs: int, limit: int

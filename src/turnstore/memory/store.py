@@ -12,6 +12,7 @@ from uuid import UUID
 from turnstore.clock import Clock, SystemClock
 from turnstore.election import InProcessElection
 from turnstore.errors import StoreUnavailableError
+from turnstore.hub import KeepAliveHub
 from turnstore.memory.connection import InMemoryConnection
 from turnstore.memory.database import Database, Transaction
 from turnstore.memory.repository import InMemoryTurnRepository
@@ -103,6 +104,7 @@ class InMemoryStore:
         self._turns = InMemoryTurnRepository()
         self._closed = False
         self._signals: InProcessFinalizeSignals | None = None
+        self._hub: KeepAliveHub | None = None  # async-only
 
     @property
     def clock(self) -> Clock:
@@ -119,6 +121,14 @@ class InMemoryStore:
         if self._signals is None:
             self._signals = InProcessFinalizeSignals(self._database)
         return self._signals
+
+    def keepalive_hub(self) -> KeepAliveHub:  # async-only
+        """The store's keep-alive hub (docs/design.md, *Keep-alive hub*), created on first
+        use and closed with the store: batched keep-alives register with it, and each of
+        its ticks writes the due ones in one statement."""
+        if self._hub is None:
+            self._hub = KeepAliveHub(self)
+        return self._hub
 
     def leader_election(self) -> InProcessElection:
         """A new election among the watchdogs of this process sharing this store."""
@@ -162,6 +172,8 @@ class InMemoryStore:
     async def close(self) -> None:
         """Refuse new runners from now on; the stored turns go with the store."""
         self._closed = True
+        if self._hub is not None:  # async-only
+            await self._hub.close()
 
     async def __aenter__(self) -> InMemoryStore:
         return self

@@ -50,7 +50,7 @@ from turnstore.postgres.statements import (
     render_scoped,
 )
 from turnstore.rules import ORPHAN_ERROR_CODE
-from turnstore.scope import AccessScope
+from turnstore.scope import AccessScope, check_touch_targets
 from turnstore.validation import check_optional_uuid, check_schema_name, check_timeout_ms
 
 __all__ = ["PostgresTurnRepository"]
@@ -128,6 +128,7 @@ class PostgresTurnRepository:
         "_set_assistant_message",
         "_set_bounds",
         "_soft_delete",
+        "_touch_turns",
         "_update_preflight",
         "_update_progress",
         "bounds",
@@ -158,6 +159,7 @@ class PostgresTurnRepository:
         self._soft_delete = render_scoped(q.SOFT_DELETE, schema, bounds=bounds)
         self._find_latest = render_scoped(q.FIND_LATEST, schema, bounds=bounds)
         self._update_progress = render_scoped(q.UPDATE_PROGRESS, schema, bounds=bounds)
+        self._touch_turns = render(q.TOUCH_TURNS, schema, bounds=bounds)
         self._find_orphans = render(q.FIND_ORPHANS, schema, bounds=bounds)
         self._finalize_orphan = render(q.FINALIZE_ORPHAN, schema, bounds=bounds)
         self._finalize_tenant_orphan = render(q.FINALIZE_TENANT_ORPHAN, schema, bounds=bounds)
@@ -397,6 +399,38 @@ class PostgresTurnRepository:
         [turnstore.repository.TurnRepository.update_progress_at][]."""
         check_uuid("turn_id", turn_id)
         return await self._count(runner, self._update_progress, scope, (turn_id,))
+
+    async def touch_turns(
+        self, runner: Connection, targets: Sequence[tuple[AccessScope, UUID]]
+    ) -> list[bool]:
+        """The protocol method, documented at
+        [turnstore.repository.TurnRepository.touch_turns][]."""
+        check_touch_targets(targets)
+        ords: list[int] = []
+        ids: list[UUID] = []
+        tenants: list[UUID | None] = []
+        for ord_, (scope, turn_id) in enumerate(targets):
+            permitted = scope.tenants_for_turn(turn_id)
+            if permitted is None:
+                ords.append(ord_)
+                ids.append(turn_id)
+                tenants.append(None)
+                continue
+            for tenant_id in permitted:
+                ords.append(ord_)
+                ids.append(turn_id)
+                tenants.append(tenant_id)
+        touched = [False] * len(targets)
+        if not ords:
+            return touched  # no target's scope permits its turn: nothing to send
+        with driver_errors:
+            # Binary parameters: thousands of array elements, dumped without text quoting.
+            cur = await runner.execute(
+                self._touch_turns, (ords, ids, tenants, list(set(ids))), binary=True
+            )
+            for (ord_,) in await cur.fetchall():
+                touched[ord_] = True
+        return touched
 
     async def find_orphan_candidates(
         self, runner: Connection, timeout_secs: int, limit: int

@@ -93,6 +93,7 @@ __all__ = [
     "STILL_RUNNING",
     "StatementBounds",
     "TAKE_LEASE",
+    "TOUCH_TURNS",
     "TURN_COLUMNS",
     "TURN_ROW_STATEMENTS",
     "UPDATE_PREFLIGHT",
@@ -297,6 +298,32 @@ WITH clock AS (SELECT clock_timestamp() AS ts{bounds})
 UPDATE {turns} SET last_progress_at = clock.ts, updated_at = clock.ts
 FROM clock
 WHERE id = %s AND state = 'running' AND ({scope})
+"""
+
+#: The keep-alive hub's one statement per tick (docs/design.md, *Keep-alive hub*). The
+#: targets come as three parallel arrays: the target's position, the turn id, and a tenant
+#: the target's scope permits for that turn (NULL: any tenant), one row per permitted
+#: tenant (``AccessScope.tenants_for_turn``); then the distinct turn ids, for the primary
+#: key. Only ``last_progress_at`` and ``updated_at`` change, so the update stays HOT.
+#: Returns the positions of the targets whose turn was touched and whose scope permits it.
+TOUCH_TURNS = """
+WITH clock AS (SELECT clock_timestamp() AS ts{bounds}),
+target AS (
+    SELECT * FROM unnest(%s::int4[], %s::uuid[], %s::uuid[]) AS target(ord, id, tenant_id)
+),
+touched AS (
+    UPDATE {turns} AS turn SET last_progress_at = clock.ts, updated_at = clock.ts
+    FROM clock
+    WHERE turn.id = ANY(%s::uuid[]) AND turn.state = 'running'
+      AND EXISTS (
+        SELECT 1 FROM target
+        WHERE target.id = turn.id
+          AND (target.tenant_id IS NULL OR target.tenant_id = turn.tenant_id))
+    RETURNING turn.id, turn.tenant_id
+)
+SELECT target.ord
+FROM target JOIN touched ON touched.id = target.id
+WHERE target.tenant_id IS NULL OR target.tenant_id = touched.tenant_id
 """
 
 FIND_ORPHANS = """

@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from turnstore.election import LeaderElection
 from turnstore.errors import InvalidParameterError
+from turnstore.hub import KeepAliveHub
 from turnstore.postgres.checkout import AutocommitConnection, checkout, give_back, holding
 from turnstore.postgres.election import (
     AdvisoryLockElection,
@@ -167,6 +168,7 @@ class PostgresStore:
         self._notifications = notifications
         self._cancel_poll_secs = float(cancel_poll_secs)
         self._signals: PostgresFinalizeSignals | None = None
+        self._hub: KeepAliveHub | None = None  # async-only
         self._dedicated_kwargs: dict[str, Any] = {}
         self._still_running = render(STILL_RUNNING, self._turns.schema)
 
@@ -366,6 +368,14 @@ class PostgresStore:
             )
         return self._signals
 
+    def keepalive_hub(self) -> KeepAliveHub:  # async-only
+        """The store's keep-alive hub (docs/design.md, *Keep-alive hub*), created on first
+        use and closed with the store: batched keep-alives register with it, and each of
+        its ticks writes the due ones in one statement."""
+        if self._hub is None:
+            self._hub = KeepAliveHub(self)
+        return self._hub
+
     async def _running_among(self, turn_ids: list[UUID]) -> set[UUID]:
         async with self.connection() as conn:
             with driver_errors:
@@ -429,6 +439,8 @@ class PostgresStore:
     async def close(self) -> None:
         """Stop the finalize signals (closing the listening connection), then close the
         pool if this store opened it; a host's pool is left alone."""
+        if self._hub is not None:  # async-only
+            await self._hub.close()
         if self._signals is not None:  # async-only
             await self._signals.close()
         if self._owns_pool:

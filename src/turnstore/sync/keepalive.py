@@ -138,8 +138,14 @@ class KeepAlive(Generic[RunnerT]):
 
     @property
     def writes(self) -> int:
-        """How many ``update_progress_at`` calls this keep-alive has made."""
+        """How many keep-alive writes of this turn were made: its ``update_progress_at``
+        calls, or the hub statements that included it."""
         return self._writes
+
+    @property
+    def batched(self) -> bool:
+        """Whether the store's keep-alive hub writes for this stream (inside the block)."""
+        return False
 
     @property
     def silent(self) -> bool:
@@ -190,7 +196,9 @@ class KeepAlive(Generic[RunnerT]):
 
         Returns whether the turn is still running as far as the last write knows; a
         ``False`` tells the stream that the turn was finalized elsewhere (cancelled by the
-        user, or failed by the watchdog). A write error propagates to the caller.
+        user, or failed by the watchdog). A write error propagates to the caller. Batched
+        (the store's hub writes), a touch only records progress, written at the hub's next
+        tick, and never raises.
         """
         now = self._clock()
         self._last_touch = now

@@ -18,7 +18,8 @@ given to the suite needs at least that many.
 
 One module per capability: ``create``, ``reads``, ``lookups`` (``get_turn``,
 ``list_turns``), ``writes``, ``orphans``, ``locking`` (``find_latest_for_update``),
-``retention``, ``scope``, ``tenants``, ``timestamps``, ``transactions`` and
+``retention``, ``scope``, ``tenants``, ``timestamps``, ``touches`` (``touch_turns``),
+``transactions`` and
 ``concurrency``; ``_support`` holds what they share. This package re-exports every test
 class, so the one-line import above runs them all.
 """
@@ -46,6 +47,7 @@ from turnstore.testing.conformance.retention import TestEraseTenant, TestPurge
 from turnstore.testing.conformance.scope import TestScopeIsolation
 from turnstore.testing.conformance.tenants import TestTenantsSharingAChatId
 from turnstore.testing.conformance.timestamps import TestTimestamps
+from turnstore.testing.conformance.touches import TestTouchTurns
 from turnstore.testing.conformance.transactions import TestTransactions
 from turnstore.testing.conformance.writes import (
     TestCasUpdateCompleted,
@@ -81,6 +83,7 @@ __all__ = [
     "TestSoftDelete",
     "TestTenantsSharingAChatId",
     "TestTimestamps",
+    "TestTouchTurns",
     "TestTransactions",
     "TestUpdatePreflightFields",
     "TestUpdateProgressAt",

@@ -19,7 +19,8 @@ given to the suite needs at least that many.
 
 One module per capability: ``create``, ``reads``, ``lookups`` (``get_turn``,
 ``list_turns``), ``writes``, ``orphans``, ``locking`` (``find_latest_for_update``),
-``retention``, ``scope``, ``tenants``, ``timestamps``, ``transactions`` and
+``retention``, ``scope``, ``tenants``, ``timestamps``, ``touches`` (``touch_turns``),
+``transactions`` and
 ``concurrency``; ``_support`` holds what they share. This package re-exports every test
 class, so the one-line import above runs them all.
 """
@@ -54,6 +55,7 @@ from turnstore.sync.testing.conformance.retention import TestEraseTenant, TestPu
 from turnstore.sync.testing.conformance.scope import TestScopeIsolation
 from turnstore.sync.testing.conformance.tenants import TestTenantsSharingAChatId
 from turnstore.sync.testing.conformance.timestamps import TestTimestamps
+from turnstore.sync.testing.conformance.touches import TestTouchTurns
 from turnstore.sync.testing.conformance.transactions import TestTransactions
 from turnstore.sync.testing.conformance.writes import (
     TestCasUpdateCompleted,
@@ -89,6 +91,7 @@ __all__ = [
     "TestSoftDelete",
     "TestTenantsSharingAChatId",
     "TestTimestamps",
+    "TestTouchTurns",
     "TestTransactions",
     "TestUpdatePreflightFields",
     "TestUpdateProgressAt",
